@@ -1,0 +1,7 @@
+"""``python -m kdumpy`` runs the command-line interface."""
+
+import sys
+
+from kdumpy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,297 @@
+"""The capture pipeline: pages in PFN order from a memory view to a dump writer.
+
+One page's way (kdump-compressed output): the dumpable PFNs are cut into batches; worker
+threads read a batch (one copy out of the mmap), test which pages are all zero with one
+vectorised ``any`` over 64-bit words, and compress the others with the chosen codec (the
+codec libraries release the GIL); the calling thread takes the batches back in order and
+hands descriptors and data to :class:`~kdumpy.formats.kdump.KdumpWriter`. At most
+``threads + 2`` batches are in flight, so memory does not grow with the dump's size.
+
+Dump level bit 1 (zero pages) is decided from page data, as makedumpfile does: in
+kdump-compressed output a zero page keeps its bitmap-2 bit and its descriptor points at
+one shared zero page; in ELF output zero pages are excluded like any other.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kdumpy.errors import KdumpyError, UnsupportedError
+from kdumpy.formats import bitmap as bm
+from kdumpy.formats.codecs import CODECS, Codec
+from kdumpy.formats.elf import (ELF64LE, EF_KDUMP_INCOMPLETE, PT_LOAD, PT_NOTE, ElfHeader,
+                                elf_core_headers_size, new_phdrs, pack_elf_core_headers,
+                                plan_filtered_loads)
+from kdumpy.formats.kdump import ARCHES, MACHINE_WORD, KdumpWriter, vmcoreinfo_desc_offset
+from kdumpy.formats.notes import NT_PRSTATUS, build_notes
+from kdumpy.memory import MACHINE_TO_EM, DumpMemory, ElfMemory, KdumpMemory
+
+#: Dump level bits (makedumpfile ``-d``).
+DL_EXCLUDE_ZERO = 1
+DL_EXCLUDE_CACHE = 2
+DL_EXCLUDE_CACHE_PRI = 4
+DL_EXCLUDE_USER_DATA = 8
+DL_EXCLUDE_FREE = 16
+MAX_DUMP_LEVEL = 31
+
+
+def usable_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@dataclass
+class SaveOptions:
+    dump_level: int = DL_EXCLUDE_ZERO
+    compress: str = "lzo"
+    format: str = "kdump"  # "kdump" or "elf"
+    threads: int = field(default_factory=usable_cpus)
+    batch_pages: int = 512
+    #: keep the source's dump level in the output's sub header (convert)
+    recorded_dump_level: int | None = None
+
+
+@dataclass
+class SaveResult:
+    path: str
+    pages_written: int
+    zero_pages: int
+    bytes_written: int
+
+
+def check_dump_level(level: int) -> None:
+    if not 0 <= level <= MAX_DUMP_LEVEL:
+        raise KdumpyError(f"dump level {level} is out of range (0-{MAX_DUMP_LEVEL})")
+    if level & ~DL_EXCLUDE_ZERO:
+        raise UnsupportedError(
+            f"dump level {level}: excluding page cache (2, 4), user (8) and free (16) pages is "
+            "not yet supported; use -d 0 or -d 1")
+
+
+def _batches(mem: DumpMemory, bitmap: np.ndarray, size: int) -> Iterator[tuple[int, int]]:
+    for s, e in bm.runs(bitmap, mem.max_pfn):
+        for b in range(s, e, size):
+            yield b, min(size, e - b)
+
+
+def _zero_mask(pages: np.ndarray) -> np.ndarray:
+    return ~pages.view(np.uint64).any(axis=1)
+
+
+def _encode_batch(mem: DumpMemory, start: int, count: int, codec: Codec, zero_test: bool,
+                  page_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bytes]:
+    pages = mem.read_pfns(start, count)
+    zero = _zero_mask(pages) if zero_test else np.zeros(count, dtype=bool)
+    sizes = np.full(count, page_size, dtype=np.int64)
+    flags = np.zeros(count, dtype=np.uint32)
+    if codec.flag == 0:
+        return sizes, flags, zero, pages[~zero].tobytes()
+    parts: list[bytes] = []
+    compress = codec.compress
+    for i in np.flatnonzero(~zero).tolist():
+        raw = pages[i].tobytes()
+        try:
+            c = compress(raw)
+        except Exception:
+            c = raw
+        if len(c) < page_size:
+            parts.append(c)
+            sizes[i] = len(c)
+            flags[i] = codec.flag
+        else:
+            parts.append(raw)
+    return sizes, flags, zero, b"".join(parts)
+
+
+def _ordered(pool: ThreadPoolExecutor, jobs: Iterator[tuple[int, int]], fn: Callable,
+             window: int) -> Iterator[tuple[tuple[int, int], object]]:
+    """Run ``fn(start, count)`` on the pool, yielding results in submission order."""
+    pending: deque[tuple[tuple[int, int], Future]] = deque()
+    for job in jobs:
+        pending.append((job, pool.submit(fn, *job)))
+        if len(pending) >= window:
+            j, fut = pending.popleft()
+            yield j, fut.result()
+    while pending:
+        j, fut = pending.popleft()
+        yield j, fut.result()
+
+
+def _utsname(mem: DumpMemory) -> dict[str, str]:
+    if isinstance(mem, KdumpMemory):
+        uts = dict(mem.header.utsname)
+    else:
+        uts = {}
+    vi = mem.vmcoreinfo
+    if vi is not None and vi.osrelease and not uts.get("release"):
+        uts["release"] = vi.osrelease
+    uts.setdefault("sysname", "Linux")
+    if not uts.get("sysname"):
+        uts["sysname"] = "Linux"
+    if not uts.get("machine"):
+        uts["machine"] = mem.machine
+    return uts
+
+
+def _notes_bytes(mem: DumpMemory) -> bytes:
+    if isinstance(mem, ElfMemory):
+        return mem.core.note_bytes
+    if isinstance(mem, KdumpMemory):
+        return mem.files[0].note_bytes
+    return build_notes(mem.notes)
+
+
+def write_kdump(mem: DumpMemory, sink, opts: SaveOptions, progress=None) -> SaveResult:
+    """Write ``mem`` as kdump-compressed through ``sink``; return what was written."""
+    codec = CODECS[opts.compress]
+    ps = mem.page_size
+    present = np.array(mem.present_bitmap()[: (mem.max_pfn + 7) >> 3], dtype=np.uint8)
+    dumpable = np.array(mem.dumpable_bitmap()[: (mem.max_pfn + 7) >> 3], dtype=np.uint8)
+    dumpable &= present
+    notes = _notes_bytes(mem)
+    from kdumpy.formats.notes import parse_notes
+    vi_off, vi_size = vmcoreinfo_desc_offset(parse_notes(notes, byteorder=mem.byteorder))  # type: ignore[arg-type]
+    vi = mem.vmcoreinfo
+    share_zero = bool(opts.dump_level & DL_EXCLUDE_ZERO)
+    recorded = opts.dump_level if opts.recorded_dump_level is None else opts.recorded_dump_level
+    writer = KdumpWriter(
+        sink, arch=ARCHES[MACHINE_WORD.get(mem.machine, 64)], page_size=ps,
+        max_mapnr=mem.max_pfn, bitmap1=present, bitmap2=dumpable, notes=notes,
+        vmcoreinfo_offset_in_notes=vi_off, vmcoreinfo_size=vi_size, utsname=_utsname(mem),
+        crash_time=(vi.crash_time if vi is not None and vi.crash_time else
+                    (mem.header.tv_sec if isinstance(mem, KdumpMemory) else 0)) or 0,
+        codec_flag=codec.flag, dump_level=recorded, phys_base=mem.phys_base or 0,
+        nr_cpus=max(1, sum(1 for n in mem.notes if n.type == NT_PRSTATUS and n.name == "CORE")),
+        share_zero_page=share_zero)
+    writer.write_headers()
+    zero_pages = 0
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, opts.threads)) as pool:
+            fn = lambda s, n: _encode_batch(mem, s, n, codec, share_zero, ps)  # noqa: E731
+            for (s, n), (sizes, flags, zero, data) in _ordered(
+                    pool, _batches(mem, dumpable, opts.batch_pages), fn, opts.threads + 2):
+                writer.write_batch(sizes, flags, zero, data)
+                zero_pages += int(zero.sum())
+                if progress is not None:
+                    progress.advance(n)
+    except BaseException:
+        writer.mark_incomplete()
+        raise
+    return SaveResult("", writer.next_rank, zero_pages, writer.data_cursor)
+
+
+def write_elf(mem: DumpMemory, sink, opts: SaveOptions, progress=None) -> SaveResult:
+    """Write ``mem`` as an ELF core, splitting PT_LOADs where long runs are excluded."""
+    ps = mem.page_size
+    keep = np.array(mem.dumpable_bitmap()[: (mem.max_pfn + 7) >> 3], dtype=np.uint8)
+    zero_pages = 0
+    if opts.dump_level & DL_EXCLUDE_ZERO:
+        # A pre-pass over the data: ELF has no shared zero page, zero pages are excluded.
+        with ThreadPoolExecutor(max_workers=max(1, opts.threads)) as pool:
+            fn = lambda s, n: _zero_mask(mem.read_pfns(s, n))  # noqa: E731
+            for (s, n), zero in _ordered(pool, _batches(mem, keep.copy(), opts.batch_pages), fn,
+                                         opts.threads + 2):
+                if zero.any():
+                    zero_pages += int(zero.sum())
+                    for a, b in _true_runs(zero):
+                        bm.set_range(keep, s + a, s + b, False)
+    if isinstance(mem, ElfMemory):
+        header = ElfHeader(mem.core.header.elfclass, e_machine=mem.core.header.e_machine,
+                           e_flags=mem.core.header.e_flags & ~EF_KDUMP_INCOMPLETE,
+                           osabi=mem.core.header.osabi)
+        segments = [(pa, mem_sz, fsz, va) for pa, mem_sz, fsz, _off, va in mem.segments]
+    else:
+        header = ElfHeader(ELF64LE, e_machine=MACHINE_TO_EM.get(mem.machine, 62))
+        segments = [(s * ps, (e - s) * ps, (e - s) * ps, 0) for s, e in mem.present_ranges()]
+    notes = _notes_bytes(mem)
+    loads: list[tuple[int, int, int, int]] = []
+    for pa, memsz, filesz, va in segments:
+        pfn0 = pa // ps
+        npages = -(-(pa + memsz) // ps) - pfn0
+        if pa % ps:
+            seg_keep = np.arange(npages) < -(-filesz // ps)
+        else:
+            seg_keep = bm.bits_range(keep, pfn0, npages) & (np.arange(npages) < -(-filesz // ps))
+        loads.extend(plan_filtered_loads(pa, va, memsz, seg_keep, ps))
+    phdrs = new_phdrs(1 + len(loads), header.elfclass)
+    head_size = elf_core_headers_size(header.elfclass, len(phdrs))
+    phdrs[0]["p_type"] = PT_NOTE
+    phdrs[0]["p_offset"] = head_size
+    phdrs[0]["p_filesz"] = len(notes)
+    cursor = head_size + len(notes)
+    for i, (pa, va, fsz, msz) in enumerate(loads, start=1):
+        ph = phdrs[i]
+        ph["p_type"] = PT_LOAD
+        ph["p_flags"] = 7
+        ph["p_paddr"] = pa
+        ph["p_vaddr"] = va
+        ph["p_filesz"] = fsz
+        ph["p_memsz"] = msz
+        ph["p_offset"] = cursor if fsz else 0
+        cursor += fsz
+    header_bytes = pack_elf_core_headers(header, phdrs)
+    sink.pwrite(0, header_bytes)
+    sink.pwrite(head_size, notes)
+    written = 0
+    chunk = opts.batch_pages * ps
+    try:
+        for i, (pa, _va, fsz, _msz) in enumerate(loads, start=1):
+            off = int(phdrs[i]["p_offset"])
+            for a in range(0, fsz, chunk):
+                n = min(chunk, fsz - a)
+                sink.pwrite(off + a, mem.read_phys(pa + a, n))
+                written += -(-n // ps)
+                if progress is not None:
+                    progress.advance(-(-n // ps))
+    except BaseException:
+        if getattr(sink, "seekable", False):
+            header.e_flags |= EF_KDUMP_INCOMPLETE
+            sink.pwrite(0, pack_elf_core_headers(header, phdrs)[:header.elfclass.ehdr.size])
+        raise
+    return SaveResult("", written, zero_pages, cursor)
+
+
+def _true_runs(mask: np.ndarray) -> Iterator[tuple[int, int]]:
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.astype(np.int8), [0]))))
+    return zip(edges[0::2].tolist(), edges[1::2].tolist())
+
+
+def save(mem: DumpMemory, target, opts: SaveOptions, progress=None) -> SaveResult:
+    """Write ``mem`` to ``target`` (a :mod:`kdumpy.capture.targets` object) and finish it.
+
+    On any failure the target is abandoned (left as ``.incomplete``, marked incomplete where
+    the format allows) and the error propagates.
+    """
+    if opts.compress not in CODECS:
+        raise KdumpyError(f"unknown compression {opts.compress!r} (zlib, lzo, snappy, zstd, none)")
+    try:
+        if opts.format == "elf":
+            res = write_elf(mem, target.sink, opts, progress)
+        elif opts.format == "kdump":
+            res = write_kdump(mem, target.sink, opts, progress)
+        else:
+            raise KdumpyError(f"unknown output format {opts.format!r}")
+        res.path = target.commit()
+        return res
+    except KeyboardInterrupt:
+        target.abandon()
+        raise
+    except (OSError, KdumpyError) as exc:
+        left = target.abandon()
+        if left == "-":
+            raise
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise DumpIncomplete(f"{left}: dump not finished ({why}); the partial dump is kept "
+                             "under this name, marked incomplete") from exc
+
+
+class DumpIncomplete(KdumpyError):
+    """The dump could not be finished; the partial file is left as ``DEST.incomplete``."""

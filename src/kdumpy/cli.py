@@ -1,0 +1,240 @@
+"""kdumpy's command line: argument parsing, progress and exit codes; no logic of its own.
+
+Exit status: 0 success, 1 a reported error (one line on stderr, no traceback),
+2 bad usage (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+from kdumpy import __version__
+from kdumpy.errors import KdumpyError
+
+DEFAULT_VMCORE = "/proc/vmcore"
+FORMATS = ("kdump", "elf", "flat")
+COMPRESSIONS = ("zlib", "lzo", "snappy", "zstd", "none")
+
+
+def _add_output_options(p: argparse.ArgumentParser, *, default_compress: str | None) -> None:
+    p.add_argument("-f", "--format", choices=FORMATS, default=None,
+                   help="kdump-compressed (default), ELF, or the flattened kdump stream")
+    p.add_argument("-c", "--compress", choices=COMPRESSIONS, default=default_compress,
+                   help="per-page codec of kdump-compressed output (save default: lzo, as "
+                        "kdumpctl; convert default: the source's)")
+    p.add_argument("--force", action="store_true", help="replace an existing DEST")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="compression threads (default: usable CPUs)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdumpy", description="The Linux kdump userspace: save, convert and read crash dumps.")
+    parser.add_argument("--version", action="version", version=f"kdumpy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("save", help="save a crash dump (in the capture kernel: from /proc/vmcore)",
+                       description="Save SRC (default /proc/vmcore) to DEST, dropping pages by "
+                                   "dump level; DEST '-' streams the flattened format to stdout.")
+    p.add_argument("-d", "--dump-level", type=int, default=1, metavar="LEVEL",
+                   help="makedumpfile dump level: 1 zero pages (default: %(default)s)")
+    _add_output_options(p, default_compress=None)
+    p.add_argument("paths", nargs="+", metavar="[SRC] DEST")
+    p.set_defaults(func=cmd_save)
+
+    p = sub.add_parser("info", help="describe a dump (any format, or a split set)")
+    p.add_argument("dumps", nargs="+", metavar="DUMP")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="convert between dump formats; reassemble flattened "
+                                       "streams ('-' reads stdin) and split sets",
+                       description="With a flattened SRC and no --format/--compress, DEST is the "
+                                   "reassembled file (makedumpfile -R). Several SRCs are a split "
+                                   "set joined into one DEST.")
+    p.add_argument("-d", "--dump-level", type=int, default=None, metavar="LEVEL",
+                   help="additionally drop pages (1: zero pages)")
+    _add_output_options(p, default_compress=None)
+    p.add_argument("paths", nargs="+", metavar="SRC... DEST")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("lab", help="the QEMU crash lab: boot real Debian kernels, crash, capture",
+                       add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_lab)
+    return parser
+
+
+def _progress(total: int, page_size: int, quiet: bool, label: str):
+    from kdumpy.capture.progress import Progress
+    return Progress(total, page_size, quiet=quiet, label=label)
+
+
+def _target(dest: str, fmt: str, force: bool):
+    from kdumpy.capture.targets import LocalTarget, StdoutTarget
+    if dest == "-":
+        return StdoutTarget()
+    return LocalTarget(dest, force=force, flattened=(fmt == "flat"))
+
+
+def _run_save(mem, dest: str, *, fmt: str, compress: str, level: int, recorded: int | None,
+              force: bool, threads: int | None, quiet: bool, label: str) -> int:
+    from kdumpy.capture.pipeline import SaveOptions, check_dump_level, save, usable_cpus
+    check_dump_level(level)
+    if fmt == "elf" and compress != "none":
+        raise KdumpyError(f"--compress {compress}: ELF dumps hold raw pages; "
+                          "use --format kdump or flat to compress")
+    opts = SaveOptions(dump_level=level, compress=compress,
+                       format="elf" if fmt == "elf" else "kdump",
+                       threads=threads or usable_cpus(), recorded_dump_level=recorded)
+    if dest == "-" and fmt == "kdump":
+        fmt = "flat"
+    target = _target(dest, fmt, force)
+    progress = _progress(mem.count_dumpable(), mem.page_size, quiet or dest == "-", label)
+    try:
+        res = save(mem, target, opts, progress)
+    finally:
+        progress.close()
+    if not quiet and dest != "-":
+        print(f"kdumpy: wrote {res.path}: {res.pages_written} pages "
+              f"({res.zero_pages} zero), {res.bytes_written} bytes", file=sys.stderr)
+    return 0
+
+
+def cmd_save(args: argparse.Namespace) -> int:
+    from kdumpy.memory import open_dump
+    if len(args.paths) == 1:
+        src, dest = DEFAULT_VMCORE, args.paths[0]
+    elif len(args.paths) == 2:
+        src, dest = args.paths
+    else:
+        raise KdumpyError("save takes [SRC] DEST")
+    fmt = args.format or "kdump"
+    compress = args.compress or ("none" if fmt == "elf" else "lzo")
+    with open_dump(src) as mem:
+        return _run_save(mem, dest, fmt=fmt, compress=compress, level=args.dump_level,
+                         recorded=None, force=args.force, threads=args.threads,
+                         quiet=args.quiet, label="saving")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from kdumpy.memory import open_dump
+    if len(args.paths) < 2:
+        raise KdumpyError("convert takes SRC... DEST")
+    *srcs, dest = args.paths
+    plain_reassembly = args.format is None and args.compress is None and args.dump_level is None
+    if len(srcs) == 1 and plain_reassembly and _is_flattened_source(srcs[0]):
+        return _reassemble(srcs[0], dest, args.force)
+    if "-" in srcs:
+        raise KdumpyError("-: a stream on stdin can only be reassembled (no --format, "
+                          "--compress or -d); reassemble it first, then convert the file")
+    with open_dump(srcs) as mem:
+        from kdumpy.memory import KdumpMemory
+        src_level = mem.sub.dump_level if isinstance(mem, KdumpMemory) else 0
+        level = (args.dump_level or 0) | (src_level & 1)
+        fmt = args.format or "kdump"
+        compress = args.compress or ("none" if fmt == "elf" else
+                                     mem.compression if mem.format == "kdump" else "lzo")
+        return _run_save(mem, dest, fmt=fmt, compress=compress,
+                         level=level & 1 if args.dump_level is None else args.dump_level,
+                         recorded=src_level | level, force=args.force, threads=args.threads,
+                         quiet=args.quiet, label="converting")
+
+
+def _is_flattened_source(src: str) -> bool:
+    from kdumpy.formats.flattened import is_flattened
+    if src == "-":
+        return True
+    try:
+        with open(src, "rb") as f:
+            return is_flattened(f.read(16))
+    except OSError as exc:
+        raise KdumpyError(f"{src}: {exc.strerror}") from None
+
+
+def _reassemble(src: str, dest: str, force: bool) -> int:
+    from kdumpy.capture.targets import LocalTarget
+    from kdumpy.formats.flattened import reassemble
+    target = LocalTarget(dest, force=force)
+    try:
+        if src == "-":
+            reassemble(sys.stdin.buffer, target.fd, path="<stdin>")
+        else:
+            with open(src, "rb") as f:
+                reassemble(f, target.fd, path=src)
+    except BaseException:
+        left = target.abandon()
+        os.unlink(left)  # a half-reassembled file has no incomplete mark: do not leave it
+        raise
+    target.commit()
+    return 0
+
+
+def _human_info(d: dict[str, Any]) -> str:
+    lines = []
+    order = ["path", "format", "container", "compression", "machine", "kernel_release",
+             "crash_time", "page_size", "max_pfn", "pages_present", "pages_dumpable",
+             "pages_lost", "dump_level", "incomplete", "phys_base", "nr_cpus", "header_version"]
+    for k in order:
+        if k not in d:
+            continue
+        v = d[k]
+        if k == "crash_time" and v:
+            import datetime
+            v = f"{v} ({datetime.datetime.fromtimestamp(v, datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC)"
+        if k == "phys_base" and isinstance(v, int):
+            v = f"{v:#x}" if v >= 0 else f"-{-v:#x}"
+        lines.append(f"{k.replace('_', ' '):16} {v}")
+    if d.get("split_files"):
+        lines.append(f"{'split files':16} {' '.join(d['split_files'])}")
+    for c in d.get("corrections", []):
+        lines.append(f"{'corrected':16} {c}")
+    if d.get("vmcoreinfo"):
+        lines.append(f"vmcoreinfo       {len(d['vmcoreinfo'])} entries (--json lists them)")
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from kdumpy.memory import open_dump
+    with open_dump(args.dumps) as mem:
+        d = mem.info()
+    if args.json:
+        json.dump(d, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        print(_human_info(d))
+    return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from kdumpy import lab
+    return lab.main(list(args.args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KdumpyError as exc:
+        print(f"kdumpy: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        print("kdumpy: output closed early (broken pipe)", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        name = f"{exc.filename}: " if exc.filename else ""
+        print(f"kdumpy: {name}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("kdumpy: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,535 @@
+"""makedumpfile's kdump-compressed ("diskdump") format.
+
+Layout in blocks of ``block_size`` (= page size), from makedumpfile ``diskdump_mod.h`` and
+``write_kdump_header``; readers crash ``diskdump.c`` and libkdumpfile ``diskdump.c``:
+
+====================  ================================================================
+block 0               :class:`DiskDumpHeader` (signature ``"KDUMP   "``, header_version 6)
+1 .. sub_hdr_size     :class:`KdumpSubHeader`, then the input's whole PT_NOTE verbatim
+next bitmap_blocks    bitmap 1 (present PFNs) then bitmap 2 (dumpable PFNs), LSB first
+then                  ``page_desc`` table, one per set bit of bitmap 2, then page data
+====================  ================================================================
+
+The descriptor of PFN p is number ``popcount(bitmap2[start_pfn .. p-1])`` of its file.
+A descriptor with offset 0 marks a page whose data was lost (incomplete dump). Split sets
+(``--split``) repeat the headers and both full bitmaps in each file and divide the PFN
+range ``[start_pfn_64, end_pfn_64)``; each file reserves descriptor slots for the total.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from kdumpy.errors import DumpFormatError
+from kdumpy.formats import codecs
+from kdumpy.formats.bitmap import bits_range, count_bits
+from kdumpy.formats.notes import Note, VMCOREINFO_NOTE_NAME, parse_notes
+from kdumpy.formats.vmcoreinfo import VmcoreInfo
+
+KDUMP_SIGNATURE = b"KDUMP   "
+DISKDUMP_SIGNATURE = b"DISKDUMP"
+KDUMP_HEADER_VERSION = 6
+UTS_LEN = 65
+UTS_FIELDS = ("sysname", "nodename", "release", "version", "machine", "domainname")
+
+#: number of PFNs whose descriptor-index prefix count is kept (crash's ``valid_pages``)
+PREFIX_BLOCK_PFNS = 4096
+
+
+@dataclass(frozen=True)
+class KdumpArch:
+    """Word size and struct packing of the crashed machine (the format is native-endian)."""
+
+    word: int
+    byteorder: str
+    header_fmt: str
+    sub_fmt: str
+
+    @property
+    def endian(self) -> str:
+        return "<" if self.byteorder == "little" else ">"
+
+    @property
+    def header(self) -> struct.Struct:
+        return struct.Struct(self.endian + self.header_fmt)
+
+    @property
+    def sub(self) -> struct.Struct:
+        return struct.Struct(self.endian + self.sub_fmt)
+
+    @property
+    def desc_dtype(self) -> np.dtype:
+        e = self.endian
+        return np.dtype([("offset", e + "i8"), ("size", e + "u4"), ("flags", e + "u4"),
+                         ("page_flags", e + "u8")])
+
+
+# 64-bit: utsname padded to 8, timeval of two longs; sub header of longs and off_t's.
+ARCH64_LE = KdumpArch(8, "little", "8si390s6xqqIiiIIIIIIi", "QiiQQqQqQqQQQQ")
+# i386 (packed, 4-byte alignment of 8-byte members; timeval of two 32-bit longs).
+ARCH32_LE = KdumpArch(4, "little", "8si390s2xiiIiiIIIIIIi", "IiiIIqIqIqIQQQ")
+ARCHES = {64: ARCH64_LE, 32: ARCH32_LE}
+MACHINE_WORD = {"x86_64": 64, "aarch64": 64, "ppc64le": 64, "s390x": 64, "riscv64": 64,
+                "i386": 32, "i686": 32, "arm": 32}
+
+
+@dataclass
+class DiskDumpHeader:
+    """``struct disk_dump_header`` (block 0)."""
+
+    signature: bytes = KDUMP_SIGNATURE
+    header_version: int = KDUMP_HEADER_VERSION
+    utsname: dict[str, str] = field(default_factory=lambda: {k: "" for k in UTS_FIELDS})
+    tv_sec: int = 0
+    tv_usec: int = 0
+    status: int = 0
+    block_size: int = 4096
+    sub_hdr_size: int = 1
+    bitmap_blocks: int = 0
+    max_mapnr: int = 0
+    total_ram_blocks: int = 0
+    device_blocks: int = 0
+    written_blocks: int = 0
+    current_cpu: int = 0
+    nr_cpus: int = 1
+
+    @classmethod
+    def parse(cls, buf: bytes, arch: KdumpArch, *, path: str | None = None) -> "DiskDumpHeader":
+        st = arch.header
+        if len(buf) < st.size:
+            raise DumpFormatError(path, "disk_dump_header", 0,
+                                  f"file holds {len(buf)} of the header's {st.size} bytes")
+        v = st.unpack_from(buf, 0)
+        uts_raw = v[2]
+        uts = {name: uts_raw[i * UTS_LEN:(i + 1) * UTS_LEN].split(b"\0", 1)[0].decode("latin-1")
+               for i, name in enumerate(UTS_FIELDS)}
+        return cls(v[0], v[1], uts, *v[3:])
+
+    def pack(self, arch: KdumpArch) -> bytes:
+        uts = b"".join(self.utsname.get(k, "").encode("latin-1")[:UTS_LEN - 1].ljust(UTS_LEN, b"\0")
+                       for k in UTS_FIELDS)
+        return arch.header.pack(self.signature, self.header_version, uts, self.tv_sec,
+                                self.tv_usec, self.status, self.block_size, self.sub_hdr_size,
+                                self.bitmap_blocks, self.max_mapnr & 0xFFFFFFFF,
+                                self.total_ram_blocks, self.device_blocks, self.written_blocks,
+                                self.current_cpu, self.nr_cpus)
+
+
+@dataclass
+class KdumpSubHeader:
+    """``struct kdump_sub_header`` (block 1); fields appear by header_version."""
+
+    phys_base: int = 0
+    dump_level: int = 0
+    split: int = 0
+    start_pfn: int = 0
+    end_pfn: int = 0
+    offset_vmcoreinfo: int = 0
+    size_vmcoreinfo: int = 0
+    offset_note: int = 0
+    size_note: int = 0
+    offset_eraseinfo: int = 0
+    size_eraseinfo: int = 0
+    start_pfn_64: int = 0
+    end_pfn_64: int = 0
+    max_mapnr_64: int = 0
+
+    @classmethod
+    def parse(cls, buf: bytes, arch: KdumpArch) -> "KdumpSubHeader":
+        v = list(arch.sub.unpack_from(buf, 0))
+        # phys_base is an unsigned long holding a two's-complement value.
+        bits = 8 * arch.word
+        if v[0] >> (bits - 1):
+            v[0] -= 1 << bits
+        return cls(*v)
+
+    def pack(self, arch: KdumpArch) -> bytes:
+        mask = (1 << (8 * arch.word)) - 1
+        return arch.sub.pack(self.phys_base & mask, self.dump_level, self.split,
+                             min(self.start_pfn, 0xFFFFFFFF),
+                             min(self.end_pfn, 0xFFFFFFFF), self.offset_vmcoreinfo,
+                             self.size_vmcoreinfo, self.offset_note, self.size_note,
+                             self.offset_eraseinfo, self.size_eraseinfo, self.start_pfn_64,
+                             self.end_pfn_64, self.max_mapnr_64)
+
+
+def detect_arch(block0: bytes, path: str | None) -> KdumpArch:
+    """Pick the word size from the header's utsname machine (the format is native)."""
+    if len(block0) < 12 + 5 * UTS_LEN:
+        raise DumpFormatError(path, "disk_dump_header", 0, "file is shorter than the header")
+    machine = block0[12 + 4 * UTS_LEN:12 + 5 * UTS_LEN].split(b"\0", 1)[0].decode("latin-1")
+    return ARCHES[MACHINE_WORD.get(machine, 64)]
+
+
+@dataclass(frozen=True)
+class KdumpLayout:
+    """Where each part of a kdump-compressed file begins, in bytes."""
+
+    block_size: int
+    sub_hdr_size: int
+    bitmap_blocks: int
+    num_desc_slots: int
+    desc_size: int = 24
+
+    @property
+    def sub_offset(self) -> int:
+        return self.block_size
+
+    @property
+    def bitmap1_offset(self) -> int:
+        return self.block_size * (1 + self.sub_hdr_size)
+
+    @property
+    def bitmap_len(self) -> int:
+        """Bytes in ONE bitmap."""
+        return self.bitmap_blocks // 2 * self.block_size
+
+    @property
+    def bitmap2_offset(self) -> int:
+        return self.bitmap1_offset + self.bitmap_len
+
+    @property
+    def desc_offset(self) -> int:
+        return self.bitmap1_offset + self.bitmap_blocks * self.block_size
+
+    @property
+    def data_offset(self) -> int:
+        return self.desc_offset + self.num_desc_slots * self.desc_size
+
+    @classmethod
+    def plan(cls, block_size: int, max_mapnr: int, note_size: int, num_desc_slots: int,
+             sub_size: int = 104) -> "KdumpLayout":
+        sub_blocks = -(-(sub_size + note_size) // block_size)
+        one = -(-(-(-max_mapnr // 8)) // block_size)
+        return cls(block_size, sub_blocks, 2 * one, num_desc_slots)
+
+
+class KdumpFile:
+    """One file of a kdump-compressed dump, read through a buffer (an mmap or an image).
+
+    ``buf`` needs ``len()`` and slicing that returns bytes-like objects.
+    """
+
+    def __init__(self, buf, *, path: str | None = None) -> None:
+        self.path = path
+        self.buf = buf
+        self.corrections: list[str] = []
+        size = len(buf)
+        self.file_size = size
+        head = bytes(buf[:4096])
+        sig = head[:8]
+        if sig not in (KDUMP_SIGNATURE, DISKDUMP_SIGNATURE):
+            raise DumpFormatError(path, "disk_dump_header", 0,
+                                  f"signature {sig!r} is not 'KDUMP   ' or 'DISKDUMP'")
+        self.arch = arch = detect_arch(head, path)
+        self.header = h = DiskDumpHeader.parse(head, arch, path=path)
+        bs = h.block_size
+        if bs <= 0 or bs & (bs - 1) or bs > 1 << 20:
+            raise DumpFormatError(path, "disk_dump_header", 0x1ac if arch.word == 8 else 0x1a0,
+                                  f"block_size {bs} is not a power of two page size")
+        if h.header_version < 0 or h.header_version > 64:
+            raise DumpFormatError(path, "disk_dump_header", 8, f"header_version {h.header_version} is not valid")
+        if h.sub_hdr_size < 0 or h.bitmap_blocks == 0 or h.bitmap_blocks % 2:
+            raise DumpFormatError(path, "disk_dump_header", 0,
+                                  f"sub_hdr_size {h.sub_hdr_size} / bitmap_blocks {h.bitmap_blocks} "
+                                  "are not a valid layout")
+        if size < bs * (1 + max(h.sub_hdr_size, 1)):
+            raise DumpFormatError(path, "kdump_sub_header", bs,
+                                  f"file ends at {size:#x}, before the sub header ends")
+        self.sub = sub = KdumpSubHeader.parse(bytes(buf[bs:bs + arch.sub.size]), arch)
+        v = h.header_version
+        if v >= 6 and sub.max_mapnr_64:
+            self.max_mapnr = sub.max_mapnr_64
+        else:
+            self.max_mapnr = h.max_mapnr
+        if v >= 6 and sub.split:
+            self.start_pfn, self.end_pfn = sub.start_pfn_64, sub.end_pfn_64
+        elif sub.split and v >= 2:
+            self.start_pfn, self.end_pfn = sub.start_pfn, sub.end_pfn
+        else:
+            self.start_pfn, self.end_pfn = 0, self.max_mapnr
+        if not (0 <= self.start_pfn <= self.end_pfn <= self.max_mapnr):
+            raise DumpFormatError(path, "kdump_sub_header", bs + 80,
+                                  f"PFN range [{self.start_pfn:#x}, {self.end_pfn:#x}) is outside "
+                                  f"max_mapnr {self.max_mapnr:#x}")
+
+        # Notes and vmcoreinfo.
+        self.notes: list[Note] = []
+        self.note_bytes = b""
+        self.vmcoreinfo: VmcoreInfo | None = None
+        if v >= 4 and sub.size_note:
+            self.note_bytes = self._region(sub.offset_note, sub.size_note, "notes (offset_note)",
+                                           bs + (48 if arch.word == 8 else 28))
+            self.notes = parse_notes(self.note_bytes, byteorder=arch.byteorder, path=path,
+                                     base_offset=sub.offset_note)
+        if v >= 3 and sub.size_vmcoreinfo:
+            raw = self._region(sub.offset_vmcoreinfo, sub.size_vmcoreinfo,
+                               "vmcoreinfo (offset_vmcoreinfo)", bs + 32)
+            self.vmcoreinfo = VmcoreInfo.parse(raw, path=path, offset=sub.offset_vmcoreinfo)
+        else:
+            for n in self.notes:
+                if n.name == VMCOREINFO_NOTE_NAME:
+                    self.vmcoreinfo = VmcoreInfo.parse(n.desc, path=path)
+        self.eraseinfo = b""
+        if v >= 5 and sub.size_eraseinfo:
+            self.eraseinfo = self._region(sub.offset_eraseinfo, sub.size_eraseinfo,
+                                          "eraseinfo", bs + 64)
+
+        # Bitmaps.
+        nbytes_one = h.bitmap_blocks // 2 * bs
+        self.layout = KdumpLayout(bs, h.sub_hdr_size, h.bitmap_blocks, 0)
+        if nbytes_one * 8 < self.max_mapnr:
+            raise DumpFormatError(path, "bitmap", self.layout.bitmap1_offset,
+                                  f"each bitmap holds {nbytes_one * 8} bits, fewer than "
+                                  f"max_mapnr {self.max_mapnr}")
+        if self.layout.desc_offset > size:
+            raise DumpFormatError(path, "bitmap", self.layout.bitmap1_offset,
+                                  f"bitmaps end at {self.layout.desc_offset:#x}, past the end of "
+                                  f"the {size}-byte file")
+        self.bitmap1 = self._array(self.layout.bitmap1_offset, np.dtype(np.uint8), nbytes_one)
+        self.bitmap2 = self._array(self.layout.bitmap2_offset, np.dtype(np.uint8), nbytes_one)
+        # Prefix counts of bitmap 2 per PREFIX_BLOCK_PFNS, from this file's start_pfn.
+        self._prefix = self._prefix_counts()
+        self.num_dumpable = int(self._prefix[-1])
+        self.desc_offset = self.layout.desc_offset
+        desc_bytes = self.num_dumpable * 24
+        if self.desc_offset + desc_bytes > size:
+            raise DumpFormatError(path, "page_desc table", self.desc_offset,
+                                  f"{self.num_dumpable} descriptors run past the end of the "
+                                  f"{size}-byte file")
+        self.descs = self._array(self.desc_offset, arch.desc_dtype, self.num_dumpable)
+        self.codec_name = {0: "none"}.get(h.status & codecs.CODEC_FLAGS) or next(
+            (c.name for c in codecs.CODECS.values() if c.flag and h.status & c.flag), "none")
+
+    def _array(self, offset: int, dtype: np.dtype, count: int) -> np.ndarray:
+        """An array over the file: zero-copy on an mmap, read once from a flattened image."""
+        if hasattr(self.buf, "pread"):
+            return np.frombuffer(self.buf.pread(offset, count * dtype.itemsize), dtype=dtype)
+        return np.frombuffer(self.buf, dtype=dtype, count=count, offset=offset)
+
+    def _region(self, offset: int, size: int, what: str, field_offset: int) -> bytes:
+        if offset < 0 or size < 0 or offset + size > self.file_size:
+            raise DumpFormatError(self.path, f"kdump_sub_header {what}", field_offset,
+                                  f"region [{offset:#x}, +{size:#x}) lies outside the "
+                                  f"{self.file_size}-byte file")
+        return bytes(self.buf[offset:offset + size])
+
+    def _prefix_counts(self) -> np.ndarray:
+        """prefix[k] = dumpable pages in [start_pfn, start_pfn + k*PREFIX_BLOCK_PFNS)."""
+        n = self.end_pfn - self.start_pfn
+        nblocks = -(-n // PREFIX_BLOCK_PFNS)
+        out = np.zeros(nblocks + 1, dtype=np.int64)
+        step = PREFIX_BLOCK_PFNS * 256
+        for b0 in range(0, nblocks, 256):
+            s = self.start_pfn + b0 * PREFIX_BLOCK_PFNS
+            cnt = min(step, self.end_pfn - s)
+            bits = bits_range(self.bitmap2, s, cnt)
+            pad = (-len(bits)) % PREFIX_BLOCK_PFNS
+            if pad:
+                bits = np.concatenate((bits, np.zeros(pad, dtype=bool)))
+            sums = bits.reshape(-1, PREFIX_BLOCK_PFNS).sum(axis=1)
+            out[b0 + 1:b0 + 1 + len(sums)] = sums
+        return np.cumsum(out)
+
+    @property
+    def incomplete(self) -> bool:
+        return bool(self.header.status & codecs.DUMP_DH_COMPRESSED_INCOMPLETE)
+
+    def ranks(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """For PFNs ``[start, start+count)`` inside this file: dumpable mask and descriptor index."""
+        bits = bits_range(self.bitmap2, start, count)
+        rel = start - self.start_pfn
+        blk = rel // PREFIX_BLOCK_PFNS
+        base = int(self._prefix[blk])
+        before = count_bits(self.bitmap2, self.start_pfn + blk * PREFIX_BLOCK_PFNS, start)
+        idx = base + before + np.cumsum(bits, dtype=np.int64) - bits
+        return bits, idx
+
+    def read_pages(self, start: int, count: int, out: np.ndarray, want: np.ndarray | None = None) -> np.ndarray:
+        """Decode dumpable pages of ``[start, start+count)`` into ``out`` (count x page).
+
+        Returns the mask of pages that hold data (dumpable and not lost). Pages not
+        dumpable are left as they are in ``out``.
+        """
+        bs = self.header.block_size
+        bits, idx = self.ranks(start, count)
+        if want is not None:
+            bits = bits & want
+        have = np.zeros(count, dtype=bool)
+        sel = np.flatnonzero(bits)
+        if len(sel) == 0:
+            return have
+        d = self.descs[idx[sel]]
+        offs = d["offset"].astype(np.int64)
+        sizes = d["size"].astype(np.int64)
+        flags = d["flags"]
+        lost = offs == 0
+        bad = (~lost) & ((offs < self.desc_offset) | (offs + sizes > self.file_size) | (sizes > bs)
+                         | (sizes <= 0))
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            pfn = start + int(sel[j])
+            raise DumpFormatError(self.path, f"page_desc of PFN {pfn:#x}",
+                                  self.desc_offset + 24 * int(idx[sel[j]]),
+                                  f"data at {int(offs[j]):#x} size {int(sizes[j])} is outside the "
+                                  f"file (size {self.file_size}) or larger than a page")
+        buf = self.buf
+        flat = out.reshape(count, bs)
+        for j, (i, o, n, fl, gone) in enumerate(zip(sel.tolist(), offs.tolist(), sizes.tolist(),
+                                                   flags.tolist(), lost.tolist())):
+            if gone:
+                continue
+            raw = buf[o:o + n]
+            if fl == 0:
+                if n != bs:
+                    raise DumpFormatError(self.path, f"page_desc of PFN {start + i:#x}",
+                                          self.desc_offset + 24 * int(idx[i]),
+                                          f"raw page is {n} bytes, not {bs}")
+                flat[i] = np.frombuffer(raw, dtype=np.uint8)
+            else:
+                try:
+                    page = codecs.decompress_page(fl, raw, bs)
+                except codecs.CodecError as exc:
+                    raise DumpFormatError(self.path, f"page data of PFN {start + i:#x}", o,
+                                          str(exc)) from None
+                flat[i] = np.frombuffer(page, dtype=np.uint8)
+            have[i] = True
+        return have
+
+    def lost_pages(self) -> int:
+        """Descriptors with offset 0: pages whose data never landed (incomplete dump)."""
+        total = 0
+        step = 1 << 20
+        for i in range(0, self.num_dumpable, step):
+            total += int(np.count_nonzero(self.descs["offset"][i:i + step] == 0))
+        return total
+
+
+def order_split_files(files: Sequence[KdumpFile]) -> list[KdumpFile]:
+    """Sort a split set by start PFN and check that it is one whole dump."""
+    fs = sorted(files, key=lambda f: f.start_pfn)
+    first = fs[0]
+    for f in fs[1:]:
+        if f.max_mapnr != first.max_mapnr or f.header.block_size != first.header.block_size:
+            raise DumpFormatError(f.path, "kdump_sub_header", f.header.block_size,
+                                  "split file belongs to another dump (max_mapnr or block size differ)")
+    expect = 0
+    for f in fs:
+        if f.start_pfn != expect:
+            raise DumpFormatError(f.path, "kdump_sub_header", f.header.block_size + 80,
+                                  f"split file starts at PFN {f.start_pfn:#x}, expected {expect:#x}")
+        expect = f.end_pfn
+    if expect != first.max_mapnr:
+        raise DumpFormatError(fs[-1].path, "kdump_sub_header", fs[-1].header.block_size + 88,
+                              f"split set ends at PFN {expect:#x}, not max_mapnr {first.max_mapnr:#x}")
+    return fs
+
+
+class KdumpWriter:
+    """Places the parts of a kdump-compressed file through a sink.
+
+    The caller knows bitmap 2 before any page is written (makedumpfile counts dumpable pages
+    first), so the descriptor table's size, and with it where page data starts, are fixed up
+    front; descriptors and data are then written batch by batch in PFN order, which a
+    flattened stream can carry without ever seeking back.
+    """
+
+    def __init__(self, sink, *, arch: KdumpArch = ARCH64_LE, page_size: int, max_mapnr: int,
+                 bitmap1: np.ndarray, bitmap2: np.ndarray, notes: bytes,
+                 vmcoreinfo_offset_in_notes: int | None, vmcoreinfo_size: int,
+                 utsname: dict[str, str], crash_time: int, codec_flag: int, dump_level: int,
+                 phys_base: int, nr_cpus: int, share_zero_page: bool,
+                 split: tuple[int, int] | None = None, num_desc_slots: int | None = None) -> None:
+        self.sink = sink
+        self.arch = arch
+        self.page_size = page_size
+        self.max_mapnr = max_mapnr
+        self.num_dumpable = count_bits(bitmap2, 0 if split is None else split[0],
+                                       max_mapnr if split is None else split[1])
+        slots = self.num_dumpable if num_desc_slots is None else num_desc_slots
+        self.layout = KdumpLayout.plan(page_size, max_mapnr, len(notes), slots, arch.sub.size)
+        lay = self.layout
+        note_off = lay.sub_offset + arch.sub.size
+        self.header = DiskDumpHeader(
+            utsname={k: utsname.get(k, "") for k in UTS_FIELDS}, tv_sec=crash_time,
+            status=codec_flag, block_size=page_size, sub_hdr_size=lay.sub_hdr_size,
+            bitmap_blocks=lay.bitmap_blocks, max_mapnr=min(max_mapnr, 0xFFFFFFFF),
+            nr_cpus=nr_cpus)
+        start, end = split if split is not None else (0, max_mapnr)
+        self.sub = KdumpSubHeader(
+            phys_base=phys_base, dump_level=dump_level, split=1 if split else 0,
+            start_pfn=start, end_pfn=end,
+            offset_vmcoreinfo=(note_off + vmcoreinfo_offset_in_notes
+                               if vmcoreinfo_offset_in_notes is not None else 0),
+            size_vmcoreinfo=vmcoreinfo_size if vmcoreinfo_offset_in_notes is not None else 0,
+            offset_note=note_off, size_note=len(notes), start_pfn_64=start, end_pfn_64=end,
+            max_mapnr_64=max_mapnr)
+        self._notes = notes
+        self._bitmaps = (bitmap1, bitmap2)
+        self.data_cursor = lay.data_offset
+        self.zero_offset: int | None = None
+        self._share_zero = share_zero_page
+        self.next_rank = 0
+
+    def write_headers(self) -> None:
+        lay, bs, sink = self.layout, self.page_size, self.sink
+        sink.pwrite(0, self.header.pack(self.arch).ljust(bs, b"\0"))
+        sub = self.sub.pack(self.arch) + self._notes
+        sink.pwrite(lay.sub_offset, sub.ljust(lay.sub_hdr_size * bs, b"\0"))
+        nbytes = lay.bitmap_len
+        for i, b in enumerate(self._bitmaps):
+            raw = np.asarray(b[: (self.max_mapnr + 7) >> 3], dtype=np.uint8)
+            if self.max_mapnr & 7:  # bits past max_mapnr stay clear
+                raw = raw.copy()
+                raw[-1] &= (1 << (self.max_mapnr & 7)) - 1
+            off = lay.bitmap1_offset + i * nbytes
+            for s in range(0, len(raw), 1 << 22):
+                sink.pwrite(off + s, raw[s:s + (1 << 22)].tobytes())
+            if len(raw) < nbytes:
+                pad = nbytes - len(raw)
+                for s in range(0, pad, 1 << 22):
+                    sink.pwrite(off + len(raw) + s, bytes(min(1 << 22, pad - s)))
+        if self._share_zero:
+            self.zero_offset = self.data_cursor
+            sink.pwrite(self.data_cursor, bytes(bs))
+            self.data_cursor += bs
+
+    def write_batch(self, sizes: np.ndarray, flags: np.ndarray, zero: np.ndarray, data: bytes | memoryview) -> None:
+        """Descriptors and data of the next ``len(sizes)`` dumpable pages, in PFN order.
+
+        ``zero[i]`` pages point at the shared zero page and have no bytes in ``data``;
+        the other pages' stored forms are concatenated in ``data``.
+        """
+        n = len(sizes)
+        descs = np.zeros(n, dtype=self.arch.desc_dtype)
+        stored = ~zero
+        ssz = np.where(stored, sizes, 0).astype(np.int64)
+        offs = self.data_cursor + np.cumsum(ssz) - ssz
+        if zero.any():
+            offs = np.where(zero, self.zero_offset if self.zero_offset is not None else 0, offs)
+        descs["offset"] = offs
+        descs["size"] = np.where(zero, self.page_size, sizes)
+        descs["flags"] = np.where(zero, 0, flags)
+        self.sink.pwrite(self.layout.desc_offset + 24 * self.next_rank, descs.tobytes())
+        if len(data):
+            self.sink.pwrite(self.data_cursor, data)
+        self.data_cursor += int(ssz.sum())
+        self.next_rank += n
+
+    def mark_incomplete(self) -> None:
+        """Set COMPRESSED_INCOMPLETE in the header (only a seekable sink can go back)."""
+        self.header.status |= codecs.DUMP_DH_COMPRESSED_INCOMPLETE
+        if getattr(self.sink, "seekable", False):
+            self.sink.pwrite(0, self.header.pack(self.arch))
+
+
+def vmcoreinfo_desc_offset(notes: list[Note]) -> tuple[int | None, int]:
+    """Offset of the VMCOREINFO descriptor inside the note bytes, and its size."""
+    for n in notes:
+        if n.name == VMCOREINFO_NOTE_NAME:
+            return n.desc_offset, len(n.desc)
+    return None, 0

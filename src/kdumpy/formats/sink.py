@@ -1,0 +1,66 @@
+"""Positional output: every dump writer emits ``(offset, bytes)`` pieces to a sink.
+
+A :class:`FileSink` writes them with ``pwrite`` into a seekable file; a :class:`FlatSink`
+turns each piece into a record of makedumpfile's flattened stream (see
+:mod:`kdumpy.formats.flattened`), so the same writer serves a pipe, stdout or SSH.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import BinaryIO, Protocol
+
+
+class Sink(Protocol):
+    seekable: bool
+
+    def pwrite(self, offset: int, data: bytes | memoryview) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class FileSink:
+    """``pwrite`` into an open file descriptor (a regular file)."""
+
+    seekable = True
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.high_water = 0
+
+    def pwrite(self, offset: int, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while len(view):
+            n = os.pwrite(self.fd, view, offset)
+            view = view[n:]
+            offset += n
+        self.high_water = max(self.high_water, offset)
+
+    def close(self) -> None:
+        pass
+
+
+class FlatSink:
+    """Flattened stream: a 4096-byte header, then ``{offset, size}`` records, then ``{-1,-1}``."""
+
+    seekable = False
+
+    def __init__(self, stream: BinaryIO) -> None:
+        from kdumpy.formats.flattened import flat_header, flat_record_header
+        self._record = flat_record_header
+        self.stream = stream
+        stream.write(flat_header())
+        self.closed = False
+
+    def pwrite(self, offset: int, data: bytes | memoryview) -> None:
+        if len(data) == 0:
+            return
+        self.stream.write(self._record(offset, len(data)))
+        self.stream.write(data)
+
+    def close(self) -> None:
+        from kdumpy.formats.flattened import FLAT_END
+        if not self.closed:
+            self.stream.write(FLAT_END)
+            self.stream.flush()
+            self.closed = True

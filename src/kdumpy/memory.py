@@ -1,0 +1,413 @@
+"""One physical-memory view over any dump kdumpy reads.
+
+:func:`open_dump` recognises an ELF core (``/proc/vmcore``, ``makedumpfile -E``, QEMU
+``dump-guest-memory``), a kdump-compressed file or split set, and either of those inside a
+flattened stream, and returns a :class:`DumpMemory`: page frames by PFN, which are present
+(inside some PT_LOAD / set in bitmap 1) and which dumpable (their data is in the file),
+the notes and the VMCOREINFO. Files are read through mmap; nothing holds a whole dump.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from kdumpy.errors import DumpFormatError
+from kdumpy.formats import bitmap as bm
+from kdumpy.formats.elf import ELFMAG, PT_LOAD, ElfCore
+from kdumpy.formats.flattened import FlattenedImage, is_flattened
+from kdumpy.formats.kdump import (DISKDUMP_SIGNATURE, KDUMP_SIGNATURE, KdumpFile,
+                                  order_split_files)
+from kdumpy.formats.notes import NT_PRSTATUS, VMCOREINFO_NOTE_NAME, Note, Prstatus
+from kdumpy.formats.vmcoreinfo import VmcoreInfo
+
+#: ``e_machine`` for a kdump file's utsname machine.
+MACHINE_TO_EM = {"x86_64": 62, "i386": 3, "i686": 3, "aarch64": 183, "ppc64le": 21,
+                 "ppc64": 21, "s390x": 22, "riscv64": 243, "arm": 40}
+EM_TO_MACHINE = {62: "x86_64", 3: "i386", 183: "aarch64", 21: "ppc64", 22: "s390x",
+                 243: "riscv64", 40: "arm"}
+
+
+class DumpMemory(ABC):
+    """Physical memory of a crashed machine as one dump file (or set) holds it."""
+
+    path: str
+    format: str            # "elf" or "kdump"
+    container: str         # "file", "flattened" or "split"
+    page_size: int
+    max_pfn: int
+    notes: list[Note]
+    vmcoreinfo: VmcoreInfo | None
+    compression: str
+    incomplete: bool
+    corrections: list[str]
+    machine: str
+    byteorder: str
+
+    # -- what exists --------------------------------------------------------------------
+    @abstractmethod
+    def present_bitmap(self) -> np.ndarray:
+        """Packed bitmap (LSB first) of PFNs inside the dumped physical ranges."""
+
+    @abstractmethod
+    def dumpable_bitmap(self) -> np.ndarray:
+        """Packed bitmap of PFNs whose contents the dump holds."""
+
+    def is_present(self, pfn: int) -> bool:
+        return bm.test_bit(self.present_bitmap(), pfn)
+
+    def is_dumpable(self, pfn: int) -> bool:
+        return bm.test_bit(self.dumpable_bitmap(), pfn)
+
+    def present_ranges(self) -> Iterator[tuple[int, int]]:
+        return bm.runs(self.present_bitmap(), self.max_pfn)
+
+    def dumpable_ranges(self) -> Iterator[tuple[int, int]]:
+        return bm.runs(self.dumpable_bitmap(), self.max_pfn)
+
+    def count_present(self) -> int:
+        return bm.count_bits(self.present_bitmap(), 0, self.max_pfn)
+
+    def count_dumpable(self) -> int:
+        return bm.count_bits(self.dumpable_bitmap(), 0, self.max_pfn)
+
+    # -- contents -----------------------------------------------------------------------
+    @abstractmethod
+    def read_pfns(self, start: int, count: int) -> np.ndarray:
+        """Pages ``[start, start+count)`` as a ``(count, page_size)`` uint8 array.
+
+        Pages that are not dumpable read as zeros.
+        """
+
+    def read_pfn(self, pfn: int) -> bytes:
+        return self.read_pfns(pfn, 1).tobytes()
+
+    def read_phys(self, addr: int, size: int) -> bytes:
+        ps = self.page_size
+        first = addr // ps
+        last = (addr + size + ps - 1) // ps
+        pages = self.read_pfns(first, last - first)
+        off = addr - first * ps
+        return pages.reshape(-1)[off:off + size].tobytes()
+
+    # -- description --------------------------------------------------------------------
+    def prstatus(self) -> list[Prstatus]:
+        """NT_PRSTATUS of every CPU, in note order (the crashing CPU saved its own)."""
+        em = MACHINE_TO_EM.get(self.machine, 62)
+        return [Prstatus.parse(n.desc, em, byteorder=self.byteorder, path=self.path)  # type: ignore[arg-type]
+                for n in self.notes if n.type == NT_PRSTATUS and n.name == "CORE"]
+
+    @property
+    def phys_base(self) -> int | None:
+        if self.vmcoreinfo is not None:
+            try:
+                return self.vmcoreinfo.number("phys_base")
+            except DumpFormatError:
+                return None
+        return None
+
+    def info(self) -> dict[str, Any]:
+        vi = self.vmcoreinfo
+        return {
+            "path": self.path,
+            "format": self.format,
+            "container": self.container,
+            "compression": self.compression,
+            "machine": self.machine,
+            "kernel_release": vi.osrelease if vi else None,
+            "crash_time": vi.crash_time if vi else None,
+            "page_size": self.page_size,
+            "max_pfn": self.max_pfn,
+            "pages_present": self.count_present(),
+            "pages_dumpable": self.count_dumpable(),
+            "incomplete": self.incomplete,
+            "phys_base": self.phys_base,
+            "nr_cpus": sum(1 for n in self.notes if n.type == NT_PRSTATUS and n.name == "CORE"),
+            "notes": [{"name": n.name, "type": n.type, "size": len(n.desc)} for n in self.notes],
+            "corrections": list(self.corrections),
+            "vmcoreinfo": dict(vi) if vi else {},
+        }
+
+    # -- lifetime -------------------------------------------------------------------------
+    def close(self) -> None:
+        for res in reversed(getattr(self, "_resources", [])):
+            try:
+                res.close()
+            except (BufferError, ValueError):
+                pass  # numpy views still reference the mmap; it is freed with them
+
+    def __enter__(self) -> "DumpMemory":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _vmcoreinfo_from_notes(notes: list[Note], path: str) -> VmcoreInfo | None:
+    for n in notes:
+        if n.name == VMCOREINFO_NOTE_NAME:
+            return VmcoreInfo.parse(n.desc, path=path)
+    return None
+
+
+class ElfMemory(DumpMemory):
+    """Physical memory of an ELF core: PT_LOAD ``p_paddr`` ranges, file-backed up to ``p_filesz``."""
+
+    format = "elf"
+
+    def __init__(self, buf: Any, *, path: str, container: str, resources: list[Any]) -> None:
+        self.path = path
+        self.container = container
+        self._resources = resources
+        self.buf = buf
+        self.core = core = _ElfOverBuffer.open(buf, path)
+        self.notes = core.notes
+        self.corrections = list(core.corrections)
+        self.vmcoreinfo = _vmcoreinfo_from_notes(self.notes, path)
+        self.page_size = (self.vmcoreinfo.page_size if self.vmcoreinfo and self.vmcoreinfo.page_size
+                          else 4096)
+        self.machine = EM_TO_MACHINE.get(core.header.e_machine, str(core.header.e_machine))
+        self.byteorder = core.header.elfclass.byteorder
+        self.compression = "none"
+        self.incomplete = core.incomplete
+        ps = self.page_size
+        loads = core.loads
+        self.segments = [(int(p["p_paddr"]), int(p["p_memsz"]), int(p["p_filesz"]),
+                          int(p["p_offset"]), int(p["p_vaddr"])) for p in loads]
+        end = max((pa + mem for pa, mem, *_ in self.segments), default=0)
+        self.max_pfn = -(-end // ps)
+        self._present = bm.new_bitmap(self.max_pfn)
+        self._dumpable = bm.new_bitmap(self.max_pfn)
+        for pa, mem, fsz, _, _ in self.segments:
+            bm.set_range(self._present, pa // ps, -(-(pa + mem) // ps))
+            bm.set_range(self._dumpable, pa // ps, -(-(pa + fsz) // ps))
+
+    def present_bitmap(self) -> np.ndarray:
+        return self._present
+
+    def dumpable_bitmap(self) -> np.ndarray:
+        return self._dumpable
+
+    def read_pfns(self, start: int, count: int) -> np.ndarray:
+        ps = self.page_size
+        out = np.zeros(count * ps, dtype=np.uint8)
+        lo, hi = start * ps, (start + count) * ps
+        for pa, _mem, fsz, off, _va in self.segments:
+            a, b = max(lo, pa), min(hi, pa + fsz)
+            if a >= b:
+                continue
+            src = off + (a - pa)
+            out[a - lo:b - lo] = np.frombuffer(_slice(self.buf, src, b - a), dtype=np.uint8)
+        return out.reshape(count, ps)
+
+    def file_runs(self, start: int, count: int) -> list[tuple[int, int, int]]:
+        """``(pfn, npages, file_offset)`` of whole pages in ``[start, start+count)`` that sit
+        contiguously in the file (for zero-copy reads by the capture pipeline)."""
+        ps = self.page_size
+        runs: list[tuple[int, int, int]] = []
+        for pa, _mem, fsz, off, _va in self.segments:
+            s = max(start, -(-pa // ps))
+            e = min(start + count, (pa + fsz) // ps)
+            if s < e:
+                runs.append((s, e - s, off + s * ps - pa))
+        return runs
+
+
+def _slice(buf: Any, offset: int, size: int) -> Any:
+    if hasattr(buf, "pread"):
+        return buf.pread(offset, size)
+    return memoryview(buf)[offset:offset + size]
+
+
+class _ElfOverBuffer:
+    """Adapter: :class:`ElfCore` reads from a stream; give it one over an mmap or image."""
+
+    @staticmethod
+    def open(buf: Any, path: str) -> ElfCore:
+        import io
+
+        class _Reader(io.RawIOBase):
+            def __init__(self) -> None:
+                self.pos = 0
+
+            def readable(self) -> bool:
+                return True
+
+            def seekable(self) -> bool:
+                return True
+
+            def seek(self, pos: int, whence: int = 0) -> int:
+                self.pos = pos if whence == 0 else (len(buf) + pos if whence == 2 else self.pos + pos)
+                return self.pos
+
+            def tell(self) -> int:
+                return self.pos
+
+            def read(self, n: int = -1) -> bytes:
+                end = len(buf) if n < 0 else min(len(buf), self.pos + n)
+                data = bytes(_slice(buf, self.pos, max(0, end - self.pos)))
+                self.pos = end
+                return data
+
+        return ElfCore(_Reader(), path=path, size=len(buf))  # type: ignore[arg-type]
+
+
+class KdumpMemory(DumpMemory):
+    """Physical memory of a kdump-compressed file or split set."""
+
+    format = "kdump"
+
+    def __init__(self, files: Sequence[KdumpFile], *, path: str, container: str,
+                 resources: list[Any]) -> None:
+        self.path = path
+        self.container = container
+        self._resources = resources
+        self.files = order_split_files(files) if len(files) > 1 else list(files)
+        first = self.files[0]
+        self.header = first.header
+        self.sub = first.sub
+        self.page_size = first.header.block_size
+        self.max_pfn = first.max_mapnr
+        self.notes = first.notes
+        self.vmcoreinfo = first.vmcoreinfo
+        self.compression = first.codec_name
+        self.incomplete = any(f.incomplete for f in self.files)
+        self.machine = first.header.utsname.get("machine") or "x86_64"
+        self.byteorder = first.arch.byteorder
+        self.corrections = []
+        if first.header.block_size != (self.vmcoreinfo.page_size if self.vmcoreinfo and
+                                       self.vmcoreinfo.page_size else first.header.block_size):
+            self.corrections.append("block_size differs from VMCOREINFO PAGESIZE")
+        vi_base = None
+        if self.vmcoreinfo is not None:
+            try:
+                vi_base = self.vmcoreinfo.number("phys_base")
+            except DumpFormatError:
+                vi_base = None
+        if vi_base is not None and vi_base != first.sub.phys_base:
+            self.corrections.append(
+                f"sub header phys_base {first.sub.phys_base:#x} disagrees with VMCOREINFO "
+                f"NUMBER(phys_base)={vi_base} ({vi_base:#x}); QEMU 7.2 parses that decimal "
+                "value as hex: using VMCOREINFO's")
+        if not first.header.utsname.get("release") and self.vmcoreinfo and self.vmcoreinfo.osrelease:
+            self.corrections.append("utsname is empty (as QEMU writes it); kernel release taken "
+                                    "from VMCOREINFO OSRELEASE")
+        if len(self.files) > 1:
+            self.container = "split"
+
+    def present_bitmap(self) -> np.ndarray:
+        return self.files[0].bitmap1
+
+    def dumpable_bitmap(self) -> np.ndarray:
+        return self.files[0].bitmap2
+
+    @property
+    def phys_base(self) -> int | None:
+        base = super().phys_base
+        return base if base is not None else self.sub.phys_base
+
+    def read_pfns(self, start: int, count: int) -> np.ndarray:
+        ps = self.page_size
+        out = np.zeros((count, ps), dtype=np.uint8)
+        end = start + count
+        for f in self.files:
+            s, e = max(start, f.start_pfn), min(end, f.end_pfn)
+            if s < e:
+                f.read_pages(s, e - s, out[s - start:e - start])
+        return out
+
+    def lost_pages(self) -> int:
+        return sum(f.lost_pages() for f in self.files)
+
+    def info(self) -> dict[str, Any]:
+        d = super().info()
+        h = self.header
+        d["header_version"] = h.header_version
+        d["dump_level"] = self.sub.dump_level
+        d["utsname"] = dict(h.utsname)
+        if not d["kernel_release"]:
+            d["kernel_release"] = h.utsname.get("release") or None
+        if not d["crash_time"]:
+            d["crash_time"] = h.tv_sec or None
+        d["split_files"] = [f.path for f in self.files] if len(self.files) > 1 else []
+        d["pages_lost"] = self.lost_pages()
+        return d
+
+
+def _map_file(path: str) -> tuple[Any, list[Any]]:
+    """mmap a file read-only (bytes for an empty file)."""
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise DumpFormatError(path, "file", None, exc.strerror or str(exc)) from None
+    try:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            f.close()
+            return b"", []
+        m = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ)
+        try:
+            m.madvise(mmap.MADV_SEQUENTIAL)
+        except (AttributeError, OSError):
+            pass
+    except (OSError, ValueError) as exc:
+        f.close()
+        raise DumpFormatError(path, "file", None, f"cannot map: {exc}") from None
+    return m, [m, f]
+
+
+def open_dump(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> DumpMemory:
+    """Open a dump: one file of any supported format, or the files of a split set."""
+    if isinstance(paths, (str, os.PathLike)):
+        plist = [os.fspath(paths)]
+    else:
+        plist = [os.fspath(p) for p in paths]
+    if not plist:
+        raise ValueError("no dump file given")
+    opened: list[tuple[str, Any, str]] = []
+    resources: list[Any] = []
+    try:
+        for p in plist:
+            buf, res = _map_file(p)
+            resources.extend(res)
+            container = "file"
+            head = bytes(buf[:16])
+            if is_flattened(head):
+                buf = FlattenedImage(buf, path=p)
+                container = "flattened"
+                head = bytes(buf[:16])
+            opened.append((p, buf, container))
+        kinds = []
+        for p, buf, container in opened:
+            head = bytes(buf[:8])
+            if head[:4] == ELFMAG:
+                kinds.append("elf")
+            elif head in (KDUMP_SIGNATURE, DISKDUMP_SIGNATURE):
+                kinds.append("kdump")
+            else:
+                raise DumpFormatError(p, "file header", 0,
+                                      f"signature {head!r} is not ELF, KDUMP, DISKDUMP or a "
+                                      "flattened makedumpfile stream")
+        if kinds[0] == "elf":
+            if len(opened) > 1:
+                raise DumpFormatError(opened[1][0], "file header", 0,
+                                      "only kdump-compressed files form split sets")
+            p, buf, container = opened[0]
+            return ElfMemory(buf, path=p, container=container, resources=resources)
+        if any(k != "kdump" for k in kinds):
+            raise DumpFormatError(plist[kinds.index("elf")], "file header", 0,
+                                  "a split set must be all kdump-compressed files")
+        files = [KdumpFile(buf, path=p) for p, buf, _ in opened]
+        return KdumpMemory(files, path=plist[0], container=opened[0][2], resources=resources)
+    except BaseException:
+        for r in reversed(resources):
+            try:
+                r.close()
+            except (BufferError, ValueError):
+                pass
+        raise
