@@ -26,6 +26,9 @@ from kdumpy.formats.kdump import (DISKDUMP_SIGNATURE, KDUMP_SIGNATURE, KdumpFile
 from kdumpy.formats.notes import NT_PRSTATUS, VMCOREINFO_NOTE_NAME, Note, Prstatus
 from kdumpy.formats.vmcoreinfo import VmcoreInfo
 
+#: Highest physical address any supported architecture can have (x86_64 5-level: 52 bits).
+MAX_PHYS_ADDR = 1 << 52
+
 #: ``e_machine`` for a kdump file's utsname machine.
 MACHINE_TO_EM = {"x86_64": 62, "i386": 3, "i686": 3, "aarch64": 183, "ppc64le": 21,
                  "ppc64": 21, "s390x": 22, "riscv64": 243, "arm": 40}
@@ -151,7 +154,7 @@ class DumpMemory(ABC):
 def _vmcoreinfo_from_notes(notes: list[Note], path: str) -> VmcoreInfo | None:
     for n in notes:
         if n.name == VMCOREINFO_NOTE_NAME:
-            return VmcoreInfo.parse(n.desc, path=path)
+            return VmcoreInfo.parse(n.desc, path=path, offset=n.desc_offset)
     return None
 
 
@@ -179,19 +182,52 @@ class ElfMemory(DumpMemory):
         loads = core.loads
         self.segments = [(int(p["p_paddr"]), int(p["p_memsz"]), int(p["p_filesz"]),
                           int(p["p_offset"]), int(p["p_vaddr"])) for p in loads]
+        for i, (pa, mem, _f, _o, _v) in enumerate(self.segments):
+            if pa + mem > MAX_PHYS_ADDR:
+                raise DumpFormatError(path, "PT_LOAD program header", core.phdr_offset,
+                                      f"physical range {pa:#x} + {mem:#x} is beyond the "
+                                      f"{MAX_PHYS_ADDR.bit_length() - 1}-bit physical address space")
         end = max((pa + mem for pa, mem, *_ in self.segments), default=0)
         self.max_pfn = -(-end // ps)
-        self._present = bm.new_bitmap(self.max_pfn)
-        self._dumpable = bm.new_bitmap(self.max_pfn)
-        for pa, mem, fsz, _, _ in self.segments:
-            bm.set_range(self._present, pa // ps, -(-(pa + mem) // ps))
-            bm.set_range(self._dumpable, pa // ps, -(-(pa + fsz) // ps))
+        self._present_iv = _merge((pa // ps, -(-(pa + mem) // ps)) for pa, mem, *_ in self.segments)
+        self._dumpable_iv = _merge((pa // ps, -(-(pa + fsz) // ps))
+                                   for pa, _m, fsz, *_ in self.segments if fsz)
+        self._present: np.ndarray | None = None
+        self._dumpable: np.ndarray | None = None
+
+    def _bitmap(self, iv: list[tuple[int, int]]) -> np.ndarray:
+        b = bm.new_bitmap(self.max_pfn)
+        for s, e in iv:
+            bm.set_range(b, s, e)
+        return b
 
     def present_bitmap(self) -> np.ndarray:
+        if self._present is None:
+            self._present = self._bitmap(self._present_iv)
         return self._present
 
     def dumpable_bitmap(self) -> np.ndarray:
+        if self._dumpable is None:
+            self._dumpable = self._bitmap(self._dumpable_iv)
         return self._dumpable
+
+    def present_ranges(self) -> Iterator[tuple[int, int]]:
+        return iter(self._present_iv)
+
+    def dumpable_ranges(self) -> Iterator[tuple[int, int]]:
+        return iter(self._dumpable_iv)
+
+    def count_present(self) -> int:
+        return sum(e - s for s, e in self._present_iv)
+
+    def count_dumpable(self) -> int:
+        return sum(e - s for s, e in self._dumpable_iv)
+
+    def is_present(self, pfn: int) -> bool:
+        return _in(self._present_iv, pfn)
+
+    def is_dumpable(self, pfn: int) -> bool:
+        return _in(self._dumpable_iv, pfn)
 
     def read_pfns(self, start: int, count: int) -> np.ndarray:
         ps = self.page_size
@@ -216,6 +252,22 @@ class ElfMemory(DumpMemory):
             if s < e:
                 runs.append((s, e - s, off + s * ps - pa))
         return runs
+
+
+def _merge(intervals: Iterator[tuple[int, int]] | Any) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(iv for iv in intervals if iv[1] > iv[0]):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def _in(intervals: list[tuple[int, int]], pfn: int) -> bool:
+    import bisect
+    i = bisect.bisect_right(intervals, (pfn, float("inf"))) - 1
+    return i >= 0 and intervals[i][0] <= pfn < intervals[i][1]
 
 
 def _slice(buf: Any, offset: int, size: int) -> Any:

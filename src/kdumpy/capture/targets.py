@@ -30,9 +30,7 @@ class LocalTarget:
         if os.path.lexists(self.dest) and not force:
             raise TargetExistsError(f"{dest}: exists; kdumpy never overwrites a dump "
                                     "(remove it or pass --force)")
-        parent = os.path.dirname(self.dest)
-        if not os.path.isdir(parent):
-            os.makedirs(parent, mode=0o700, exist_ok=True)
+        make_private_dirs(os.path.dirname(self.dest))
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         try:
             self.fd = os.open(self.tmp, flags, 0o600)
@@ -71,9 +69,12 @@ class LocalTarget:
             pass
         try:
             os.fsync(self.fd)
+            empty = os.fstat(self.fd).st_size == 0
         except OSError:
-            pass
+            empty = False
         os.close(self.fd)
+        if empty:  # nothing was written: there is no partial dump to keep
+            os.unlink(self.tmp)
         return self.tmp
 
 
@@ -93,6 +94,21 @@ class StdoutTarget:
 
     def abandon(self) -> str:
         return "-"
+
+
+def make_private_dirs(path: str) -> None:
+    """Create ``path`` and missing parents, each new one mode 0700 (dumps hold secrets)."""
+    missing = []
+    p = path
+    while p and not os.path.isdir(p):
+        missing.append(p)
+        p = os.path.dirname(p)
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(d, 0o700)
 
 
 def _fsync_dir(path: str) -> None:

@@ -22,6 +22,8 @@ FLAT_HEADER_SIZE = 4096
 FLAT_TYPE = 1
 FLAT_VERSION = 1
 _REC = struct.Struct(">qq")
+#: No dump file is larger than the physical address space it describes.
+MAX_FILE_OFFSET = 1 << 52
 FLAT_END = _REC.pack(-1, -1)
 
 
@@ -64,9 +66,9 @@ def reassemble(src: BinaryIO, fd: int, *, path: str | None = None, chunk: int = 
         offset, length = _REC.unpack(rec)
         if offset == -1 and length == -1:
             break
-        if offset < 0 or length < 0:
+        if offset < 0 or length < 0 or offset + length > MAX_FILE_OFFSET:
             raise DumpFormatError(path, "flattened record", pos,
-                                  f"offset {offset} / size {length} is negative")
+                                  f"offset {offset} / size {length} is out of range")
         pos += _REC.size
         left = length
         while left:
@@ -119,9 +121,9 @@ class FlattenedImage:
             offset, length = unpack(buf, pos)
             if offset == -1 and length == -1:
                 break
-            if offset < 0 or length < 0:
+            if offset < 0 or length < 0 or offset + length > MAX_FILE_OFFSET:
                 raise DumpFormatError(path, "flattened record", pos,
-                                      f"offset {offset} / size {length} is negative")
+                                      f"offset {offset} / size {length} is out of range")
             if pos + _REC.size + length > total:
                 raise DumpFormatError(path, "flattened record", pos,
                                       f"{length}-byte record runs past the end of the stream")

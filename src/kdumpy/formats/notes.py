@@ -35,13 +35,14 @@ def _pad4(n: int) -> int:
 
 @dataclass(frozen=True)
 class Note:
-    """One ELF note; ``offset`` is where its header starts within the note segment."""
+    """One ELF note; ``offset`` / ``desc_offset`` are where its header / descriptor start,
+    counted from the ``base_offset`` given to :func:`parse_notes` (a file offset, or 0 for
+    offsets within the note bytes)."""
 
     name: str
     type: int
     desc: bytes = field(repr=False)
     offset: int = 0
-    #: where the descriptor starts within the note segment
     desc_offset: int = 0
 
 
@@ -67,7 +68,8 @@ def parse_notes(buf: bytes, *, byteorder: ByteOrder = "little", path: str | None
                                   f"namesz {namesz} / descsz {descsz} run past the end of "
                                   f"the {len(buf)}-byte note segment")
         name = buf[name_at:name_at + namesz].split(b"\0", 1)[0].decode("latin-1")
-        notes.append(Note(name, ntype, bytes(buf[desc_at:desc_at + descsz]), pos, desc_at))
+        notes.append(Note(name, ntype, bytes(buf[desc_at:desc_at + descsz]), base_offset + pos,
+                          base_offset + desc_at))
         pos = end
     return notes
 

@@ -1,0 +1,562 @@
+"""One crash run: boot a real kernel in QEMU, crash it, capture in the kdump kernel, record.
+
+Sequence (host side, each wait bounded by a timeout; see :data:`TIMEOUTS`)::
+
+    QEMU start -> "Linux version" -> /init (role first) -> insmod -> 9p mounts -> kexec -p load
+    -> memory fill -> snapshot (meminfo, Crash kernel range, clock) -> marker in kmsg
+    -> sysrq c -> capture "Linux version" -> /init (role capture) -> insmod -> 9p mounts
+    -> raw /proc/vmcore copy to a virtio disk -> makedumpfile -F -l -d 31 -> kdumpy save
+    -> poweroff -> QEMU exit
+
+Facts relied on:
+
+* ``/proc/vmcore`` is an ELF core whose size ``stat`` reports exactly; the guest ``dd``s it to a
+  sparse raw disk with ``conv=sparse`` and logs the size, and the host truncates the disk file
+  to that size to obtain the copy without moving any data.
+* The run directory is shared read-write into the guest and bind-mounted at the same path
+  inside the chroot of the host's root, so paths in the guest equal paths on the host.
+* A completed run (``meta.json`` with ``complete: true``, written last) whose recipe key and
+  kdumpy source digest match is reused (see :func:`reuse_policy`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cache import locked, release_dir
+from .guest_init import render_config
+from .initramfs import Initramfs, ensure_initramfs, which_or_fail
+from .kernels import Kernel, ensure_kernel
+from .qemu import Disk, Machine, Share, build_command, choose_accelerator, parse_size, qemu_version
+from .serial import (Event, Line, LINUX_VERSION_RE, SerialCapture, Transcript, parse_event,
+                     parse_free, parse_meminfo)
+
+Log = Callable[[str], None]
+
+#: Bumped whenever the guest protocol or artifact layout changes (invalidates cached runs).
+LAB_FORMAT = 1
+
+#: Seconds allowed for each wait (multiplied by ``KDUMPY_LAB_TIMEOUT_SCALE``). TCG figures on
+#: the 2-core build machines are ~7 s to /init, ~2 s kexec load, ~9 s fill, ~7 s to capture
+#: /init, ~16 s raw copy of 1 GiB, ~3 s makedumpfile; the limits leave a wide margin.
+TIMEOUTS: dict[str, float] = {
+    "boot": 240, "step": 120, "kexec_load": 180, "fill": 300, "crash_now": 120,
+    "capture_boot": 300, "raw_copy": 900, "makedumpfile": 600, "kdumpy_save": 2400,
+    "next_step": 120, "exit": 120, "total": 5400,
+}
+
+DEFAULT_CRASHKERNEL = "256M"
+#: Smallest reservation found to still capture with both kernels (see report in the docs of
+#: :mod:`kdumpy.lab`); tests use it as the second case.
+SMALL_CRASHKERNEL = "192M"
+
+CAPTURE_APPEND = "console=ttyS0 irqpoll nr_cpus=1 reset_devices panic=1"
+FIRST_APPEND = "console=ttyS0 panic=1"
+RAW_SERIAL = "kdumpy-vmcore"
+
+ARTIFACTS = {
+    "raw_vmcore": "vmcore.raw",
+    "kdumpy_dump": "kdumpy.kdump",
+    "makedumpfile_flat": "makedumpfile.flat",
+    "serial_log": "serial.log",
+    "kdumpy_save_log": "kdumpy-save.log",
+    "makedumpfile_log": "makedumpfile.log",
+    "qemu_stderr": "qemu.stderr",
+}
+
+
+class LabError(RuntimeError):
+    """A lab run failed; the message ends with the tail of the serial console."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a run varies on. Everything here is part of the run's cache key."""
+
+    crashkernel: str = DEFAULT_CRASHKERNEL
+    memory_mib: int = 1024
+    smp: int = 2
+    cpu: str = "max"
+    accel: str = "auto"
+    kexec_mode: str = "auto"          # auto (file, then load), file, load
+    save_with: str = "kdumpy"         # kdumpy, or makedumpfile as a stand-in while developing
+    dump_level: int = 1
+    compress: str = "lzo"
+    capture_steps: tuple[str, ...] = ("raw", "makedumpfile", "save")
+    capture_append: str = CAPTURE_APPEND
+    first_append: str = FIRST_APPEND
+    fill_random_mb: int = 64
+    fill_text_mb: int = 32
+    fill_anon_mb: int = 48
+
+
+def timeout(name: str) -> float:
+    """The timeout for ``name`` scaled by ``KDUMPY_LAB_TIMEOUT_SCALE`` (default 1)."""
+    return TIMEOUTS[name] * float(os.environ.get("KDUMPY_LAB_TIMEOUT_SCALE", "1"))
+
+
+def project_src() -> Path:
+    """The directory that holds the ``kdumpy`` package (``src/`` in a checkout)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def kdumpy_digest() -> str:
+    """sha256 over kdumpy's own Python sources except the lab, i.e. what ``save`` runs."""
+    pkg = project_src() / "kdumpy"
+    digest = hashlib.sha256()
+    for path in sorted(pkg.rglob("*.py")):
+        rel = path.relative_to(pkg)
+        if rel.parts[0] == "lab":
+            continue
+        digest.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def reuse_policy() -> str:
+    """``KDUMPY_LAB_REUSE``: ``strict`` (default; kdumpy's sources must be unchanged since the
+    run) or ``any`` (reuse a complete run even if kdumpy changed, for fast iteration)."""
+    value = os.environ.get("KDUMPY_LAB_REUSE", "strict")
+    if value not in ("strict", "any"):
+        raise ValueError(f"KDUMPY_LAB_REUSE must be strict or any, not {value!r}")
+    return value
+
+
+def save_argv(options: RunOptions, dest: Path) -> list[str]:
+    """The capture-side command that writes the dump under test (run inside the chroot)."""
+    if options.save_with == "kdumpy":
+        return ["/usr/bin/env", f"PYTHONPATH={project_src()}", "PYTHONDONTWRITEBYTECODE=1",
+                "HOME=/tmp", "LC_ALL=C.UTF-8", sys.executable, "-m", "kdumpy", "save",
+                "-d", str(options.dump_level), "--compress", options.compress,
+                "/proc/vmcore", str(dest)]
+    if options.save_with == "makedumpfile":
+        return [which_or_fail("makedumpfile", "makedumpfile"), "-l", "-d",
+                str(options.dump_level), "/proc/vmcore", str(dest)]
+    raise ValueError(f"unknown save tool {options.save_with!r}")
+
+
+def preflight_save(options: RunOptions) -> None:
+    """Fail fast (before a minute of booting) if ``python -m kdumpy save`` cannot start."""
+    if options.save_with != "kdumpy":
+        return
+    env = dict(os.environ, PYTHONPATH=str(project_src()))
+    proc = subprocess.run([sys.executable, "-m", "kdumpy", "save", "--help"], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        raise LabError("`python -m kdumpy save --help` fails on the host, so the capture "
+                       "kernel cannot run it either:\n" + proc.stdout[-2000:])
+
+
+@dataclass
+class CrashRun:
+    """A completed run directory and its metadata."""
+
+    directory: Path
+    meta: dict[str, Any]
+
+    def artifact(self, name: str) -> Path:
+        return Path(self.meta["artifacts"][name])
+
+
+def run_directory(release: str, crashkernel: str) -> Path:
+    return release_dir(release) / f"crash-{crashkernel}"
+
+
+def _recipe(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: str) -> dict:
+    return {"lab_format": LAB_FORMAT, "release": kernel.release, "package": kernel.package,
+            "package_version": kernel.version, "initramfs_sha256": initramfs.sha256,
+            "accelerator": accel, "options": asdict(options)}
+
+
+def _key(recipe: dict) -> str:
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+def load_complete(directory: Path, key: str | None = None,
+                  digest: str | None = None) -> CrashRun | None:
+    """The run in ``directory`` if complete (and matching ``key``/``digest`` when given)."""
+    meta_file = directory / "meta.json"
+    if not meta_file.exists():
+        return None
+    try:
+        meta = json.loads(meta_file.read_text())
+    except ValueError:
+        return None
+    if not meta.get("complete"):
+        return None
+    if key is not None and meta.get("key") != key:
+        return None
+    if digest is not None and meta.get("kdumpy_digest") != digest:
+        return None
+    for name in ("raw_vmcore", "kdumpy_dump", "makedumpfile_flat"):
+        path = meta.get("artifacts", {}).get(name)
+        if path and not Path(path).exists():
+            return None
+    return CrashRun(directory, meta)
+
+
+def ensure_run(spec: str, options: RunOptions | None = None, *, fresh: bool = False,
+               log: Log = print) -> CrashRun:
+    """A complete crash run for kernel ``spec``, from the cache or made now."""
+    options = options or RunOptions()
+    parse_size(options.crashkernel)
+    kernel = ensure_kernel(spec, log=log)
+    rdir = release_dir(kernel.release)
+    initramfs = ensure_initramfs(kernel, rdir)
+    accel, accel_reason = choose_accelerator(options.accel)
+    recipe = _recipe(kernel, initramfs, options, accel)
+    key = _key(recipe)
+    digest = kdumpy_digest() if options.save_with == "kdumpy" else None
+    directory = run_directory(kernel.release, options.crashkernel)
+    with locked(directory.with_name(directory.name + ".lock")):
+        if not fresh:
+            want_digest = digest if reuse_policy() == "strict" else None
+            done = load_complete(directory, key, want_digest)
+            if done is not None:
+                log(f"lab: reusing {directory}")
+                return done
+        preflight_save(options)
+        return _execute(kernel, initramfs, options, accel, accel_reason, recipe, key, digest,
+                        directory, log)
+
+
+class _Watch:
+    """Consumes console lines with deadlines; raises on guest failure or QEMU exit."""
+
+    def __init__(self, proc: subprocess.Popen, capture: SerialCapture, started: float,
+                 log: Log) -> None:
+        self.proc = proc
+        self.capture = capture
+        self.started = started
+        self.log = log
+        self.total_deadline = started + timeout("total")
+        self.exited_at: float | None = None
+
+    def _fail(self, message: str) -> LabError:
+        return LabError(f"{message}\n--- serial console (last lines, host seconds) ---\n"
+                        f"{self.capture.transcript.tail(80)}")
+
+    def line(self, what: str, limit: float) -> Line:
+        deadline = min(time.monotonic() + limit, self.total_deadline)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._fail(f"timed out after {limit:.0f} s waiting for {what}")
+            try:
+                item = self.capture.queue.get(timeout=min(remaining, 1.0))
+            except Exception:  # queue.Empty
+                continue
+            if item is None:
+                self.proc.wait()
+                self.exited_at = time.monotonic() - self.started
+                raise self._fail(f"QEMU exited (status {self.proc.returncode}) while waiting "
+                                 f"for {what}")
+            event = parse_event(item)
+            if event is not None and event.kind == "fail":
+                raise self._fail(f"guest step {event.name!r} failed (rc={event.fields.get('rc')})"
+                                 f" while waiting for {what}")
+            return item
+
+    def until(self, what: str, pred: Callable[[Line, Event | None], bool],
+              limit: float) -> tuple[Line, Event | None]:
+        deadline = time.monotonic() + limit
+        while True:
+            item = self.line(what, max(0.0, deadline - time.monotonic()) or 0.001)
+            event = parse_event(item)
+            if pred(item, event):
+                return item, event
+
+    def event(self, kind: str, name: str | None, limit: float, what: str | None = None) -> Event:
+        label = what or f"{kind} {name or ''}".strip()
+        _, event = self.until(label, lambda _l, e: e is not None and e.kind == kind
+                              and (name is None or e.name == name), limit)
+        assert event is not None
+        return event
+
+    def step(self, name: str, limit: float) -> Event:
+        self.event("begin", name, timeout("step"))
+        end = self.event("end", name, limit)
+        self.log(f"lab:   {name} rc={end.fields.get('rc')} ({end.t:.1f} s)")
+        return end
+
+    def linux_version(self, limit: float, what: str) -> float:
+        line, _ = self.until(what, lambda l, _e: LINUX_VERSION_RE.search(l.text) is not None,
+                             limit)
+        return line.t
+
+    def wait_exit(self, limit: float) -> int:
+        try:
+            while self.capture.queue.get(timeout=limit) is not None:
+                pass
+        except Exception:
+            pass
+        try:
+            rc = self.proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            raise self._fail(f"QEMU did not exit within {limit:.0f} s after the capture")
+        self.exited_at = time.monotonic() - self.started
+        return rc
+
+
+def _make_sparse(path: Path, size: int) -> None:
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+
+
+def _execute(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: str,
+             accel_reason: str, recipe: dict, key: str, digest: str | None, directory: Path,
+             log: Log) -> CrashRun:
+    directory.mkdir(parents=True, exist_ok=True)
+    for child in directory.iterdir():
+        if child.is_file() or child.is_symlink():
+            child.unlink()
+    paths = {name: directory / fname for name, fname in ARTIFACTS.items()}
+    marker_hex = secrets.token_hex(8)
+    marker = f"KDUMPY-LAB-MARKER-{marker_hex}"
+    dest = paths["kdumpy_dump"]
+    argv_save = save_argv(options, dest)
+    config = {
+        "LAB_RUNDIR": str(directory),
+        "LAB_MARKER": marker_hex,
+        "LAB_KEXEC": which_or_fail("kexec", "kexec-tools"),
+        "LAB_KEXEC_MODE": options.kexec_mode,
+        "LAB_VMLINUZ": str(kernel.vmlinuz),
+        "LAB_INITRD": str(initramfs.path),
+        "LAB_CAPTURE_APPEND": options.capture_append,
+        "LAB_FILL_RANDOM_MB": options.fill_random_mb,
+        "LAB_FILL_TEXT_MB": options.fill_text_mb,
+        "LAB_FILL_ANON_MB": options.fill_anon_mb,
+        "LAB_TEXT_LINE": f"KDUMPY-LAB-TEXT-{marker_hex} the quick brown fox jumps over the "
+                         "lazy dog 0123456789",
+        "LAB_PAGECACHE_FILE": str(kernel.system_map),
+        "LAB_DD": which_or_fail("dd", "coreutils"),
+        "LAB_MAKEDUMPFILE": which_or_fail("makedumpfile", "makedumpfile"),
+        "LAB_RAW_SERIAL": RAW_SERIAL,
+        "LAB_SAVE_ARGV": shlex.join(argv_save),
+        "LAB_CAPTURE_STEPS": " ".join(options.capture_steps),
+    }
+    (directory / "lab-config.sh").write_text(render_config(config))
+    _make_sparse(paths["raw_vmcore"], (options.memory_mib + 256) << 20)
+    append = f"{options.first_append} crashkernel={options.crashkernel}"
+    machine = Machine(
+        kernel=kernel.vmlinuz, initrd=initramfs.path, append=append,
+        memory_mib=options.memory_mib, smp=options.smp, cpu=options.cpu, accel=accel,
+        shares=(Share("hostroot", Path("/"), True), Share("labout", directory, False)),
+        disks=(Disk(paths["raw_vmcore"], RAW_SERIAL),))
+    argv = build_command(machine)
+    (directory / "qemu.argv.json").write_text(json.dumps(argv, indent=1) + "\n")
+    log(f"lab: booting {kernel.release} crashkernel={options.crashkernel} accel={accel} "
+        f"({accel_reason})")
+    started = time.monotonic()
+    wall_start = time.time()
+    with open(paths["qemu_stderr"], "wb") as stderr:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=stderr, cwd=directory)
+    assert proc.stdout is not None
+    capture = SerialCapture(proc.stdout, paths["serial_log"], started)
+    watch = _Watch(proc, capture, started, log)
+    marks: dict[str, float] = {}
+    step_limits = {"kexec_load": timeout("kexec_load"), "fill": timeout("fill"),
+                   "raw_copy": timeout("raw_copy"), "makedumpfile": timeout("makedumpfile"),
+                   "kdumpy_save": timeout("kdumpy_save")}
+    try:
+        marks["linux_version_first"] = watch.linux_version(timeout("boot"), "first kernel boot")
+        role = watch.event("role", None, timeout("boot"), "first kernel /init")
+        if role.name != "first":
+            raise watch._fail(f"/init started as {role.name!r}, expected 'first'")
+        marks["init_first"] = role.t
+        for name in ("insmod", "mount_shares", "kexec_load", "fill"):
+            watch.step(name, step_limits.get(name, timeout("step")))
+        marks["crash_now"] = watch.event("crash-now", None, timeout("crash_now")).t
+        log(f"lab:   crash triggered at {marks['crash_now']:.1f} s")
+        marks["linux_version_capture"] = watch.linux_version(timeout("capture_boot"),
+                                                             "capture kernel boot")
+        role = watch.event("role", None, timeout("capture_boot"), "capture kernel /init")
+        if role.name != "capture":
+            raise watch._fail(f"second /init started as {role.name!r}, expected 'capture'")
+        marks["init_capture"] = role.t
+        for name in ("insmod", "mount_shares"):
+            watch.step(name, timeout("step"))
+        while True:
+            _, event = watch.until("next capture step", lambda _l, e: e is not None and e.kind in
+                                   ("begin", "capture-done"), timeout("next_step"))
+            assert event is not None
+            if event.kind == "capture-done":
+                marks["capture_done"] = event.t
+                break
+            end = watch.event("end", event.name, step_limits.get(event.name, timeout("step")))
+            log(f"lab:   {event.name} rc={end.fields.get('rc')} ({end.t - event.t:.1f} s)")
+        qemu_rc = watch.wait_exit(timeout("exit"))
+        marks["qemu_exit"] = watch.exited_at or (time.monotonic() - started)
+    except BaseException:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        capture.join(5)
+        raise
+    capture.join(5)
+    transcript = capture.transcript
+    meta = _collect_meta(transcript, marks, options, kernel, initramfs, accel, accel_reason,
+                         recipe, key, digest, marker, argv_save, paths, qemu_rc, wall_start)
+    meta_file = directory / "meta.json"
+    problems = _problems(meta, paths, options)
+    if problems:
+        meta["complete"] = False
+        meta["problems"] = problems
+        meta_file.write_text(json.dumps(meta, indent=2) + "\n")
+        detail = ""
+        save_log = paths["kdumpy_save_log"]
+        if save_log.exists():
+            detail = "\n--- kdumpy-save.log (tail) ---\n" + "\n".join(
+                save_log.read_text(errors="replace").splitlines()[-30:])
+        raise LabError("lab run incomplete: " + "; ".join(problems) + detail +
+                       "\n--- serial console (last lines) ---\n" + transcript.tail(60))
+    meta_file.write_text(json.dumps(meta, indent=2) + "\n")
+    return CrashRun(directory, meta)
+
+
+def _steps(transcript: Transcript) -> dict[str, dict[str, Any]]:
+    """Per-step host timing, guest timing and exit status, keyed ``<role>.<step>``."""
+    steps: dict[str, dict[str, Any]] = {}
+    role = "boot"
+    begun: dict[str, Event] = {}
+    for event in transcript.events():
+        if event.kind == "role":
+            role = event.name
+        elif event.kind == "begin":
+            begun[event.name] = event
+        elif event.kind == "end" and event.name in begun:
+            start = begun.pop(event.name)
+            entry: dict[str, Any] = {"host_seconds": round(event.t - start.t, 3),
+                                     "rc": int(event.fields.get("rc", "-1"))}
+            try:
+                entry["guest_seconds"] = round(float(event.fields["up"]) -
+                                               float(start.fields["up"]), 3)
+            except (KeyError, ValueError):
+                pass
+            steps[f"{role}.{event.name}"] = entry
+    return steps
+
+
+def _collect_meta(transcript: Transcript, marks: dict[str, float], options: RunOptions,
+                  kernel: Kernel, initramfs: Initramfs, accel: str, accel_reason: str,
+                  recipe: dict, key: str, digest: str | None, marker: str,
+                  argv_save: list[str], paths: dict[str, Path], qemu_rc: int,
+                  wall_start: float) -> dict[str, Any]:
+    values = transcript.values()
+    blocks = transcript.blocks()
+    steps = _steps(transcript)
+    vmcore_size = int(values.get("vmcore_size", "0") or 0)
+    raw = paths["raw_vmcore"]
+    if vmcore_size and raw.exists():
+        os.truncate(raw, vmcore_size)
+    iomem = [line.strip() for line in blocks.get("crash_kernel_iomem", [])]
+    clock = values.get("clock_realtime", "")
+    uptime_words = values.get("clock_uptime", "").split()
+    crash = marks["crash_now"]
+
+    def span(a: str, b: str) -> float:
+        return round(marks[b] - marks[a], 3)
+
+    phases: dict[str, float] = {
+        "qemu_start_to_linux_version": round(marks["linux_version_first"], 3),
+        "qemu_start_to_init": round(marks["init_first"], 3),
+    }
+    for name in ("insmod", "mount_shares", "kexec_load", "fill"):
+        if f"first.{name}" in steps:
+            phases[f"first_{name}"] = steps[f"first.{name}"]["host_seconds"]
+    phases["crash_to_capture_linux_version"] = span("crash_now", "linux_version_capture")
+    phases["crash_to_capture_init"] = span("crash_now", "init_capture")
+    for name in ("insmod", "mount_shares", "raw_copy", "makedumpfile", "kdumpy_save"):
+        if f"capture.{name}" in steps:
+            phases[f"capture_{name}"] = steps[f"capture.{name}"]["host_seconds"]
+    phases["crash_to_qemu_exit"] = round(marks["qemu_exit"] - crash, 3)
+    phases["total"] = round(marks["qemu_exit"], 3)
+    exit_status = {name.split(".", 1)[1]: entry["rc"] for name, entry in steps.items()
+                   if name.startswith("capture.") or name.startswith("first.")}
+    exit_status["qemu"] = qemu_rc
+    free = parse_free(blocks.get("free", []))
+    artifacts = {name: str(path) for name, path in paths.items() if path.exists()}
+    return {
+        "complete": True,
+        "lab_format": LAB_FORMAT,
+        "key": key,
+        "kdumpy_digest": digest,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall_start)),
+        "release": kernel.release,
+        "booted_release": values.get("release"),
+        "package": kernel.package,
+        "package_version": kernel.version,
+        "vmlinuz": str(kernel.vmlinuz),
+        "initramfs": str(initramfs.path),
+        "initramfs_sha256": initramfs.sha256,
+        "initramfs_modules": list(initramfs.modules),
+        "crashkernel": options.crashkernel,
+        "crashkernel_bytes": parse_size(options.crashkernel),
+        "memory_mib": options.memory_mib,
+        "smp": options.smp,
+        "cpu": options.cpu,
+        "accelerator": accel,
+        "accelerator_reason": accel_reason,
+        "qemu_version": qemu_version(),
+        "kexec_mode": values.get("kexec_mode"),
+        "marker": marker,
+        "text_fill_line": f"KDUMPY-LAB-TEXT-{marker.rsplit('-', 1)[1]}",
+        "meminfo": parse_meminfo(blocks.get("meminfo", [])),
+        "reserved": {
+            "iomem": iomem,
+            "kexec_crash_size": int(values.get("kexec_crash_size", "0") or 0),
+            "kexec_crash_loaded": values.get("kexec_crash_loaded"),
+        },
+        "first_cmdline": " ".join(blocks.get("cmdline", [])).strip(),
+        "capture_cmdline": " ".join(blocks.get("capture_cmdline", [])).strip(),
+        "guest_clock_at_crash": {
+            "realtime": float(clock) if clock else None,
+            "uptime": float(uptime_words[0]) if uptime_words else None,
+        },
+        "anon_rss_kb": int(values.get("anon_rss_kb", "0") or 0),
+        "capture_free_mib": free,
+        "capture_meminfo": parse_meminfo(blocks.get("capture_meminfo", [])),
+        "save_min_mem_available_kb": int(values.get("save_min_mem_available_kb", "0") or 0)
+        if values.get("save_min_mem_available_kb", "").strip().isdigit() else None,
+        "vmcore_size": vmcore_size,
+        "options": asdict(options),
+        "recipe": recipe,
+        "save_command": argv_save,
+        "save_tool": options.save_with,
+        "phases": phases,
+        "steps": steps,
+        "exit_status": exit_status,
+        "kdumpy_save_output": transcript.outputs("kdumpy_save"),
+        "artifacts": artifacts,
+    }
+
+
+def _problems(meta: dict[str, Any], paths: dict[str, Path], options: RunOptions) -> list[str]:
+    problems = []
+    for name, rc in meta["exit_status"].items():
+        if rc != 0:
+            problems.append(f"{name} exited with {rc}")
+    if "raw" in options.capture_steps:
+        if not meta["vmcore_size"]:
+            problems.append("guest did not report the /proc/vmcore size")
+    if "save" in options.capture_steps:
+        dump = paths["kdumpy_dump"]
+        if not dump.exists() or dump.stat().st_size == 0:
+            problems.append(f"{dump.name} missing or empty")
+        if dump.with_name(dump.name + ".incomplete").exists():
+            problems.append(f"{dump.name}.incomplete left behind")
+    if meta["booted_release"] != meta["release"]:
+        problems.append(f"guest ran {meta['booted_release']!r}, expected {meta['release']!r}")
+    return problems
