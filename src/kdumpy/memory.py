@@ -137,6 +137,21 @@ class DumpMemory(ABC):
         }
 
     # -- lifetime -------------------------------------------------------------------------
+    def trim(self) -> None:
+        """Drop this process's mappings of pages already read (``MADV_DONTNEED``).
+
+        Pages of an mmap count toward the reader's RSS once touched; a capture kernel has
+        little memory, so long sequential passes call this now and then. The data stays in
+        the file (or in the old kernel's memory, for ``/proc/vmcore``) and faults back in
+        if read again.
+        """
+        for res in getattr(self, "_resources", []):
+            if isinstance(res, mmap.mmap):
+                try:
+                    res.madvise(mmap.MADV_DONTNEED)
+                except (AttributeError, OSError, ValueError):
+                    pass
+
     def close(self) -> None:
         for res in reversed(getattr(self, "_resources", [])):
             try:
@@ -450,12 +465,15 @@ def open_dump(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
                 raise DumpFormatError(opened[1][0], "file header", 0,
                                       "only kdump-compressed files form split sets")
             p, buf, container = opened[0]
-            return ElfMemory(buf, path=p, container=container, resources=resources)
-        if any(k != "kdump" for k in kinds):
-            raise DumpFormatError(plist[kinds.index("elf")], "file header", 0,
-                                  "a split set must be all kdump-compressed files")
-        files = [KdumpFile(buf, path=p) for p, buf, _ in opened]
-        return KdumpMemory(files, path=plist[0], container=opened[0][2], resources=resources)
+            mem: DumpMemory = ElfMemory(buf, path=p, container=container, resources=resources)
+        else:
+            if any(k != "kdump" for k in kinds):
+                raise DumpFormatError(plist[kinds.index("elf")], "file header", 0,
+                                      "a split set must be all kdump-compressed files")
+            files = [KdumpFile(buf, path=p) for p, buf, _ in opened]
+            mem = KdumpMemory(files, path=plist[0], container=opened[0][2], resources=resources)
+        mem.trim()  # indexing touched pages all over the file; do not keep them mapped
+        return mem
     except BaseException:
         for r in reversed(resources):
             try:

@@ -173,6 +173,7 @@ def write_kdump(mem: DumpMemory, sink, opts: SaveOptions, progress=None) -> Save
         share_zero_page=share_zero)
     writer.write_headers()
     zero_pages = 0
+    trim = _Trimmer(mem)
     try:
         with ThreadPoolExecutor(max_workers=max(1, opts.threads)) as pool:
             fn = lambda s, n: _encode_batch(mem, s, n, codec, share_zero, ps)  # noqa: E731
@@ -180,6 +181,7 @@ def write_kdump(mem: DumpMemory, sink, opts: SaveOptions, progress=None) -> Save
                     pool, _batches(mem, dumpable, opts.batch_pages), fn, opts.threads + 2):
                 writer.write_batch(sizes, flags, zero, data)
                 zero_pages += int(zero.sum())
+                trim.pages_read(n)
                 if progress is not None:
                     progress.advance(n)
     except BaseException:
@@ -197,8 +199,10 @@ def write_elf(mem: DumpMemory, sink, opts: SaveOptions, progress=None) -> SaveRe
         # A pre-pass over the data: ELF has no shared zero page, zero pages are excluded.
         with ThreadPoolExecutor(max_workers=max(1, opts.threads)) as pool:
             fn = lambda s, n: _zero_mask(mem.read_pfns(s, n))  # noqa: E731
+            trim = _Trimmer(mem)
             for (s, n), zero in _ordered(pool, _batches(mem, keep.copy(), opts.batch_pages), fn,
                                          opts.threads + 2):
+                trim.pages_read(n)
                 if zero.any():
                     zero_pages += int(zero.sum())
                     for a, b in _true_runs(zero):
@@ -242,6 +246,7 @@ def write_elf(mem: DumpMemory, sink, opts: SaveOptions, progress=None) -> SaveRe
     sink.pwrite(head_size, notes)
     written = 0
     chunk = opts.batch_pages * ps
+    trim = _Trimmer(mem)
     try:
         for i, (pa, _va, fsz, _msz) in enumerate(loads, start=1):
             off = int(phdrs[i]["p_offset"])
@@ -249,6 +254,7 @@ def write_elf(mem: DumpMemory, sink, opts: SaveOptions, progress=None) -> SaveRe
                 n = min(chunk, fsz - a)
                 sink.pwrite(off + a, mem.read_phys(pa + a, n))
                 written += -(-n // ps)
+                trim.pages_read(-(-n // ps))
                 if progress is not None:
                     progress.advance(-(-n // ps))
     except BaseException:
@@ -257,6 +263,23 @@ def write_elf(mem: DumpMemory, sink, opts: SaveOptions, progress=None) -> SaveRe
             sink.pwrite(0, pack_elf_core_headers(header, phdrs)[:header.elfclass.ehdr.size])
         raise
     return SaveResult("", written, zero_pages, cursor)
+
+
+class _Trimmer:
+    """Calls ``mem.trim()`` after every ``TRIM_BYTES`` read, keeping RSS flat."""
+
+    TRIM_BYTES = 16 << 20
+
+    def __init__(self, mem: DumpMemory) -> None:
+        self.mem = mem
+        self.every = max(1, self.TRIM_BYTES // mem.page_size)
+        self.count = 0
+
+    def pages_read(self, n: int) -> None:
+        self.count += n
+        if self.count >= self.every:
+            self.count = 0
+            self.mem.trim()
 
 
 def _true_runs(mask: np.ndarray) -> Iterator[tuple[int, int]]:

@@ -377,13 +377,13 @@ class KdumpFile:
                                   self.desc_offset + 24 * int(idx[sel[j]]),
                                   f"data at {int(offs[j]):#x} size {int(sizes[j])} is outside the "
                                   f"file (size {self.file_size}) or larger than a page")
-        buf = self.buf
+        fetch = self._span_reader(offs[~lost], sizes[~lost])
         flat = out.reshape(count, bs)
         for j, (i, o, n, fl, gone) in enumerate(zip(sel.tolist(), offs.tolist(), sizes.tolist(),
                                                    flags.tolist(), lost.tolist())):
             if gone:
                 continue
-            raw = buf[o:o + n]
+            raw = fetch(o, n)
             if fl == 0:
                 if n != bs:
                     raise DumpFormatError(self.path, f"page_desc of PFN {start + i:#x}",
@@ -399,6 +399,33 @@ class KdumpFile:
                 flat[i] = np.frombuffer(page, dtype=np.uint8)
             have[i] = True
         return have
+
+    def _span_reader(self, offs: np.ndarray, sizes: np.ndarray):
+        """A ``(offset, size) -> bytes`` reader for one batch's page data.
+
+        On an mmap slicing is free. On a flattened image each read is an index look-up, so
+        the batch's data (contiguous in PFN order, apart from the shared zero page at the
+        start of the data area) is fetched with one read.
+        """
+        buf = self.buf
+        if not hasattr(buf, "pread") or len(offs) == 0:
+            return lambda o, n: buf[o:o + n]
+        first = int(offs.min())
+        rest = offs[offs != first]
+        cache = {first: buf.pread(first, int(sizes[offs == first].max()))}
+        if len(rest) == 0:
+            return lambda o, n: cache[o][:n]
+        lo = int(rest.min())
+        hi = int((rest + sizes[offs != first]).max())
+        if hi - lo > 64 << 20:
+            return lambda o, n: buf.pread(o, n)
+        blob = buf.pread(lo, hi - lo)
+
+        def read(o: int, n: int) -> bytes:
+            if o == first:
+                return cache[first][:n]
+            return blob[o - lo:o - lo + n]
+        return read
 
     def lost_pages(self) -> int:
         """Descriptors with offset 0: pages whose data never landed (incomplete dump)."""

@@ -31,6 +31,8 @@ Facts the script relies on:
   script can quiet the console (``/proc/sys/kernel/printk``) without losing the panic text.
 * virtio-blk exposes the QEMU ``serial=`` property as ``/sys/block/vdX/serial``.
 * busybox 1.35 ``date`` lacks ``%N``; the host's coreutils ``date`` (through the chroot) has it.
+  busybox ``chroot`` runs its own applet for a bare command name (``date``), so host tools are
+  always named by absolute path.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ block() {
     say block-end "$bname" rc=$brc
 }
 tail_output() {
-    [ -f "$2" ] && tail -n "${3:-20}" "$2" | while IFS= read -r line; do say output "$1" "$line"; done
+    [ -f "$2" ] && tr '\r' '\n' < "$2" | grep -v '^[[:space:]]*$' | tail -n "${3:-20}" |
+        while IFS= read -r line; do say output "$1" "$line"; done
 }
 
 if [ -e /proc/vmcore ]; then ROLE=capture; else ROLE=first; fi
@@ -154,7 +157,7 @@ snapshot() {
     say value kexec_crash_size "$(cat /sys/kernel/kexec_crash_size)"
     say value kexec_crash_loaded "$(cat /sys/kernel/kexec_crash_loaded)"
     block cmdline cat /proc/cmdline
-    say value clock_realtime "$(chroot /host date -u +%s.%N)"
+    say value clock_realtime "$(chroot /host "$LAB_DATE" -u +%s.%N)"
     say value clock_uptime "$(cat /proc/uptime)"
 }
 

@@ -285,9 +285,9 @@ class _Watch:
         return event
 
     def step(self, name: str, limit: float) -> Event:
-        self.event("begin", name, timeout("step"))
+        begin = self.event("begin", name, timeout("step"))
         end = self.event("end", name, limit)
-        self.log(f"lab:   {name} rc={end.fields.get('rc')} ({end.t:.1f} s)")
+        self.log(f"lab:   {name} rc={end.fields.get('rc')} ({end.t - begin.t:.1f} s)")
         return end
 
     def linux_version(self, limit: float, what: str) -> float:
@@ -341,6 +341,7 @@ def _execute(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: s
                          "lazy dog 0123456789",
         "LAB_PAGECACHE_FILE": str(kernel.system_map),
         "LAB_DD": which_or_fail("dd", "coreutils"),
+        "LAB_DATE": which_or_fail("date", "coreutils"),
         "LAB_MAKEDUMPFILE": which_or_fail("makedumpfile", "makedumpfile"),
         "LAB_RAW_SERIAL": RAW_SERIAL,
         "LAB_SAVE_ARGV": shlex.join(argv_save),
@@ -462,7 +463,10 @@ def _collect_meta(transcript: Transcript, marks: dict[str, float], options: RunO
     if vmcore_size and raw.exists():
         os.truncate(raw, vmcore_size)
     iomem = [line.strip() for line in blocks.get("crash_kernel_iomem", [])]
-    clock = values.get("clock_realtime", "")
+    try:
+        clock: float | None = float(values.get("clock_realtime", ""))
+    except ValueError:
+        clock = None
     uptime_words = values.get("clock_uptime", "").split()
     crash = marks["crash_now"]
 
@@ -522,7 +526,7 @@ def _collect_meta(transcript: Transcript, marks: dict[str, float], options: RunO
         "first_cmdline": " ".join(blocks.get("cmdline", [])).strip(),
         "capture_cmdline": " ".join(blocks.get("capture_cmdline", [])).strip(),
         "guest_clock_at_crash": {
-            "realtime": float(clock) if clock else None,
+            "realtime": clock,
             "uptime": float(uptime_words[0]) if uptime_words else None,
         },
         "anon_rss_kb": int(values.get("anon_rss_kb", "0") or 0),
