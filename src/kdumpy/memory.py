@@ -26,6 +26,9 @@ from kdumpy.formats.kdump import (DISKDUMP_SIGNATURE, KDUMP_SIGNATURE, KdumpFile
 from kdumpy.formats.notes import NT_PRSTATUS, VMCOREINFO_NOTE_NAME, Note, Prstatus
 from kdumpy.formats.vmcoreinfo import VmcoreInfo
 
+#: x86_64 ``__START_KERNEL_map``: where the kernel image is mapped.
+START_KERNEL_MAP = 0xFFFFFFFF80000000
+
 #: Highest physical address any supported architecture can have (x86_64 5-level: 52 bits).
 MAX_PHYS_ADDR = 1 << 52
 
@@ -97,6 +100,50 @@ class DumpMemory(ABC):
         pages = self.read_pfns(first, last - first)
         off = addr - first * ps
         return pages.reshape(-1)[off:off + size].tobytes()
+
+    # -- kernel addresses ---------------------------------------------------------------
+    def kernel_image_to_phys(self, vaddr: int) -> int | None:
+        """Physical address of a kernel-image virtual address (text, data, bss), or None.
+
+        x86_64 (``arch/x86/include/asm/page_64.h: __phys_addr_nodebug``): the image is
+        mapped at ``__START_KERNEL_map`` (0xffffffff80000000) and
+        ``pa = va - __START_KERNEL_map + phys_base``, ``phys_base`` from VMCOREINFO
+        ``NUMBER(phys_base)`` (a signed value, KASLR included). Other architectures need a
+        page-table walk (not yet done).
+        """
+        if self.machine == "x86_64" and vaddr >= START_KERNEL_MAP:
+            base = self.phys_base
+            if base is not None:
+                return vaddr - START_KERNEL_MAP + base
+        return None
+
+    def read_kernel_utsname(self) -> dict[str, str] | None:
+        """The crashed kernel's ``init_uts_ns.name`` (``struct new_utsname``), or None.
+
+        makedumpfile copies this into the kdump header; libkdumpfile trusts the header's
+        utsname only when sysname is "Linux" and release, version and machine are set.
+        """
+        vi = self.vmcoreinfo
+        if vi is None:
+            return None
+        try:
+            sym = vi.symbol("init_uts_ns")
+            off = vi.offset("uts_namespace.name")
+        except DumpFormatError:
+            return None
+        if sym is None:
+            return None
+        # Before the kref moved into ns_common, name followed a 4-byte kref.
+        for name_off in ([off] if off is not None else [0, 4]):
+            pa = self.kernel_image_to_phys(sym + name_off)
+            if pa is None or pa < 0:
+                return None
+            raw = self.read_phys(pa, 6 * 65)
+            fields = [raw[i * 65:(i + 1) * 65].split(b"\0", 1)[0] for i in range(6)]
+            if fields[0] == b"Linux":
+                return dict(zip(("sysname", "nodename", "release", "version", "machine",
+                                 "domainname"), (f.decode("latin-1") for f in fields)))
+        return None
 
     # -- description --------------------------------------------------------------------
     def prstatus(self) -> list[Prstatus]:
@@ -255,6 +302,14 @@ class ElfMemory(DumpMemory):
             src = off + (a - pa)
             out[a - lo:b - lo] = np.frombuffer(_slice(self.buf, src, b - a), dtype=np.uint8)
         return out.reshape(count, ps)
+
+    def kernel_image_to_phys(self, vaddr: int) -> int | None:
+        """Through the PT_LOAD whose ``p_vaddr`` range holds ``vaddr`` (the kernel-text
+        segment of ``/proc/vmcore``), else as :meth:`DumpMemory.kernel_image_to_phys`."""
+        for pa, mem, _f, _o, va in self.segments:
+            if va and va <= vaddr < va + mem and va >= START_KERNEL_MAP:
+                return pa + (vaddr - va)
+        return super().kernel_image_to_phys(vaddr)
 
     def file_runs(self, start: int, count: int) -> list[tuple[int, int, int]]:
         """``(pfn, npages, file_offset)`` of whole pages in ``[start, start+count)`` that sit

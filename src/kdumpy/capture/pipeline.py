@@ -126,14 +126,13 @@ def _ordered(pool: ThreadPoolExecutor, jobs: Iterator[tuple[int, int]], fn: Call
 
 
 def _utsname(mem: DumpMemory) -> dict[str, str]:
-    if isinstance(mem, KdumpMemory):
-        uts = dict(mem.header.utsname)
-    else:
-        uts = {}
+    """The header's utsname: the crashed kernel's own, as makedumpfile writes it."""
+    uts = mem.read_kernel_utsname()
+    if uts is None:
+        uts = dict(mem.header.utsname) if isinstance(mem, KdumpMemory) else {}
     vi = mem.vmcoreinfo
     if vi is not None and vi.osrelease and not uts.get("release"):
         uts["release"] = vi.osrelease
-    uts.setdefault("sysname", "Linux")
     if not uts.get("sysname"):
         uts["sysname"] = "Linux"
     if not uts.get("machine"):
