@@ -25,7 +25,7 @@ import numpy as np
 from kdumpy.errors import KdumpyError, UnsupportedError
 from kdumpy.formats import bitmap as bm
 from kdumpy.formats.codecs import CODECS, Codec
-from kdumpy.formats.elf import (ELF64LE, EF_KDUMP_INCOMPLETE, PT_LOAD, PT_NOTE, ElfHeader,
+from kdumpy.formats.elf import (ELF32LE, ELF64LE, EF_KDUMP_INCOMPLETE, PT_LOAD, PT_NOTE, ElfHeader,
                                 elf_core_headers_size, new_phdrs, pack_elf_core_headers,
                                 plan_filtered_loads)
 from kdumpy.formats.kdump import ARCHES, MACHINE_WORD, KdumpWriter, vmcoreinfo_desc_offset
@@ -212,7 +212,8 @@ def write_elf(mem: DumpMemory, sink, opts: SaveOptions, progress=None) -> SaveRe
                            osabi=mem.core.header.osabi)
         segments = [(pa, mem_sz, fsz, va) for pa, mem_sz, fsz, _off, va in mem.segments]
     else:
-        header = ElfHeader(ELF64LE, e_machine=MACHINE_TO_EM.get(mem.machine, 62))
+        elfclass = ELF32LE if MACHINE_WORD.get(mem.machine, 64) == 32 else ELF64LE
+        header = ElfHeader(elfclass, e_machine=MACHINE_TO_EM.get(mem.machine, 62))
         segments = [(s * ps, (e - s) * ps, (e - s) * ps, 0) for s, e in mem.present_ranges()]
     notes = _notes_bytes(mem)
     loads: list[tuple[int, int, int, int]] = []

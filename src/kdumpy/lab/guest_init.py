@@ -217,8 +217,8 @@ capture() {
             raw) step raw_copy raw_copy ;;
             makedumpfile) step makedumpfile run_makedumpfile ;;
             save) step kdumpy_save run_save ;;
-            *) say value unknown_step "$s" ;;
-        esac
+            *) say value unknown_step "$s"; continue ;;
+        esac || { dmesg > /tmp/dmesg.txt; tail_output "dmesg_after_$s" /tmp/dmesg.txt 30; }
     done
     sync
     say capture-done up=$(uptime_s)

@@ -52,7 +52,7 @@ LAB_FORMAT = 1
 #: /init, ~16 s raw copy of 1 GiB, ~3 s makedumpfile; the limits leave a wide margin.
 TIMEOUTS: dict[str, float] = {
     "boot": 240, "step": 120, "kexec_load": 180, "fill": 300, "crash_now": 120,
-    "capture_boot": 300, "raw_copy": 900, "makedumpfile": 600, "kdumpy_save": 2400,
+    "capture_boot": 300, "raw_copy": 600, "makedumpfile": 600, "kdumpy_save": 900,
     "next_step": 120, "exit": 120, "total": 5400,
 }
 

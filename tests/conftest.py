@@ -1,0 +1,117 @@
+"""Shared pytest fixtures.
+
+Real-kernel crash corpus (``kdumpy.lab``; every test using these is marked ``lab``). Runs are
+built on demand (Debian kernel download, initramfs, QEMU boot, sysrq crash, capture) and
+cached under ``~/.cache/kdumpy/lab`` (``KDUMPY_LAB_CACHE``); a cached run is reused while
+kdumpy's sources are unchanged (``KDUMPY_LAB_REUSE=any`` reuses it regardless).
+
+``lab_release``
+    Session-scoped parameter: each kernel release the lab covers (the newest Debian 12
+    ``6.1.0-*-amd64`` and ``6.12.*+deb12-amd64`` by default; ``KDUMPY_LAB_KERNELS`` pins
+    others). Test ids are the release: ``test_crash_capture[6.12.117+deb12-amd64]``.
+``lab_crash``
+    :class:`kdumpy.lab.corpus.LabCrash` for ``lab_release`` with ``crashkernel=256M``:
+    ``raw_vmcore`` (byte copy of /proc/vmcore, ELF), ``kdumpy_dump`` (``kdumpy save -d 1
+    --compress lzo`` run inside the capture kernel), ``makedumpfile_flat`` (``makedumpfile -F
+    -l -d 31``, flattened), ``serial_log``, ``meta`` (the run's meta.json as a dict: marker,
+    meminfo, reserved range, guest clock at crash, phase timings, exit statuses) and
+    ``marker`` (string planted in the kernel log just before the crash).
+``lab_crash_small``
+    The same with the smaller reservation (``kdumpy.lab.corpus.SMALL_CRASHKERNEL``).
+``lab_raw``
+    :class:`kdumpy.lab.vmcore.RawVmcore` over ``lab_crash.raw_vmcore`` (an ELF reader that
+    shares no code with kdumpy, for use as an oracle).
+``lab_crashes``
+    ``{release: LabCrash}`` for every release (256M), for cross-kernel tests.
+
+If QEMU or another tool is missing, or a run fails, the fixture fails (never skips) with the
+reason and the tail of the guest's serial console.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+LAB_FIXTURES = {"lab_release", "lab_crash", "lab_crash_small", "lab_raw", "lab_crashes"}
+
+_releases: list[str] | None = None
+
+
+def lab_releases() -> list[str]:
+    """Kernel releases the lab covers (resolved once per session through apt-cache)."""
+    global _releases
+    if _releases is None:
+        from kdumpy.lab.corpus import releases
+
+        _releases = releases()
+    return _releases
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "lab: boots real Debian kernels in QEMU (slow, cached under "
+                   "~/.cache/kdumpy/lab)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "lab_release" in metafunc.fixturenames:
+        releases = lab_releases()
+        metafunc.parametrize("lab_release", releases, ids=releases, scope="session")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if LAB_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.lab)
+
+
+def _lab_crash(release: str, crashkernel: str):  # -> LabCrash
+    from kdumpy.lab.corpus import crash_for
+    from kdumpy.lab.run import LabError
+
+    if release.startswith("unresolved-"):
+        pytest.fail(f"the lab could not resolve kernel series {release[len('unresolved-'):]} "
+                    "through apt-cache (run `apt-get update`; the lab needs Debian 12 apt "
+                    "sources)", pytrace=False)
+    try:
+        return crash_for(release, crashkernel)
+    except (LabError, RuntimeError, LookupError, OSError,
+            subprocess.CalledProcessError) as exc:
+        pytest.fail(f"lab run for {release} crashkernel={crashkernel} failed:\n{exc}",
+                    pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def lab_crash(lab_release: str):
+    """The 256M-reservation crash of ``lab_release`` (see module docstring)."""
+    from kdumpy.lab.corpus import DEFAULT_CRASHKERNEL
+
+    return _lab_crash(lab_release, DEFAULT_CRASHKERNEL)
+
+
+@pytest.fixture(scope="session")
+def lab_crash_small(lab_release: str):
+    """The small-reservation crash of ``lab_release``."""
+    from kdumpy.lab.corpus import SMALL_CRASHKERNEL
+
+    return _lab_crash(lab_release, SMALL_CRASHKERNEL)
+
+
+@pytest.fixture(scope="session")
+def lab_raw(lab_crash) -> Iterator:
+    """Independent ELF reader over ``lab_crash.raw_vmcore``."""
+    from kdumpy.lab.vmcore import RawVmcore
+
+    with RawVmcore(lab_crash.raw_vmcore) as raw:
+        yield raw
+
+
+@pytest.fixture(scope="session")
+def lab_crashes() -> dict:
+    """Every release's 256M crash."""
+    from kdumpy.lab.corpus import DEFAULT_CRASHKERNEL
+
+    return {release: _lab_crash(release, DEFAULT_CRASHKERNEL) for release in lab_releases()}
