@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from kdumpy.errors import DumpFormatError
+from kdumpy.errors import DumpFormatError, KdumpyError
 from kdumpy.formats import bitmap as bm
 from kdumpy.formats.elf import ELFMAG, PT_LOAD, ElfCore
 from kdumpy.formats.flattened import FlattenedImage, is_flattened
@@ -116,6 +116,42 @@ class DumpMemory(ABC):
             if base is not None:
                 return vaddr - START_KERNEL_MAP + base
         return None
+
+    def page_tables(self):
+        """The crashed kernel's page tables (x86_64), built on first use."""
+        pt = getattr(self, "_page_tables", None)
+        if pt is None:
+            if self.machine != "x86_64":
+                raise KdumpyError(f"{self.path}: kernel address translation for {self.machine} "
+                                  "is not implemented")
+            from kdumpy.vtop import X86_64PageTables
+            pt = self._page_tables = X86_64PageTables(self)
+        return pt
+
+    def virt_to_phys(self, vaddr: int) -> int:
+        return self.page_tables().translate(vaddr)
+
+    def read_virt(self, vaddr: int, size: int) -> bytes:
+        """Read ``size`` bytes at kernel virtual address ``vaddr`` (page by page, through
+        the page tables; large mappings are translated once)."""
+        out = bytearray()
+        pt = self.page_tables()
+        while size > 0:
+            n = min(size, 4096 - (vaddr & 0xFFF))
+            pa = pt.translate(vaddr)
+            # extend within a physically contiguous run to cut per-page overhead
+            while n < size:
+                step = min(size - n, 4096)
+                try:
+                    if pt.translate(vaddr + n) != pa + n:
+                        break
+                except KdumpyError:
+                    break
+                n += step
+            out += self.read_phys(pa, n)
+            vaddr += n
+            size -= n
+        return bytes(out)
 
     def read_kernel_utsname(self) -> dict[str, str] | None:
         """The crashed kernel's ``init_uts_ns.name`` (``struct new_utsname``), or None.

@@ -1,0 +1,92 @@
+"""x86_64 kernel virtual-to-physical translation from VMCOREINFO alone.
+
+Kernel facts (``arch/x86/include/asm/pgtable_types.h``, ``arch/x86/kernel/vmcore_info_64.c``,
+``arch/x86/mm/init_64.c``):
+
+- The kernel image is mapped at ``__START_KERNEL_map`` (0xffffffff80000000):
+  ``pa = va - __START_KERNEL_map + phys_base``; ``NUMBER(phys_base)`` is signed.
+- The page-table root is ``init_top_pgt`` (``SYMBOL(init_top_pgt)``, called
+  ``init_level4_pgt`` before 4.13), itself in the image, so its physical address needs no walk.
+- 4-level tables index bits 39, 30, 21, 12 of the address; with
+  ``NUMBER(pgtable_l5_enabled)=1`` a fifth level indexes bit 48 first. 512 entries of 8 bytes.
+- An entry is present if bit 0 is set; bit 7 (PSE) in a PUD maps a 1 GiB page, in a PMD a
+  2 MiB page. The next table's (or frame's) address is bits 12..51, with the SME/SEV
+  encryption bit (``NUMBER(sme_mask)``) cleared.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from kdumpy.errors import KdumpyError
+
+if TYPE_CHECKING:
+    from kdumpy.memory import DumpMemory
+
+START_KERNEL_MAP = 0xFFFFFFFF80000000
+PTE_PRESENT = 1 << 0
+PTE_PSE = 1 << 7
+ADDR_MASK = 0x000FFFFFFFFFF000
+
+
+class TranslationError(KdumpyError):
+    """A kernel virtual address is not mapped (or its page tables are not in the dump)."""
+
+
+class X86_64PageTables:
+    """Walks the crashed kernel's page tables, caching table pages and large mappings."""
+
+    def __init__(self, mem: "DumpMemory") -> None:
+        vi = mem.vmcoreinfo
+        if vi is None:
+            raise KdumpyError(f"{mem.path}: no VMCOREINFO: cannot translate kernel addresses")
+        self.mem = mem
+        root = vi.symbol("init_top_pgt")
+        if root is None:
+            root = vi.symbol("init_level4_pgt")
+        if root is None:
+            raise KdumpyError(f"{mem.path}: VMCOREINFO lacks SYMBOL(init_top_pgt)")
+        phys_base = mem.phys_base
+        if phys_base is None:
+            raise KdumpyError(f"{mem.path}: VMCOREINFO lacks NUMBER(phys_base)")
+        self.phys_base = phys_base
+        self.root = root - START_KERNEL_MAP + phys_base
+        self.levels = 5 if (vi.number("pgtable_l5_enabled") or 0) == 1 else 4
+        self.mask = ADDR_MASK & ~(vi.number("sme_mask") or 0)
+        self._tables: dict[int, np.ndarray] = {}
+        self._large: dict[int, tuple[int, int]] = {}  # va >> 21 -> (pa base, size)
+
+    def _table(self, pa: int) -> np.ndarray:
+        t = self._tables.get(pa)
+        if t is None:
+            if not self.mem.is_dumpable(pa >> 12):
+                raise TranslationError(f"{self.mem.path}: page table at {pa:#x} is not in the dump")
+            t = np.frombuffer(self.mem.read_phys(pa, 4096), dtype="<u8")
+            if len(self._tables) > 4096:
+                self._tables.clear()
+            self._tables[pa] = t
+        return t
+
+    def translate(self, va: int) -> int:
+        """Physical address of kernel virtual address ``va``."""
+        hit = self._large.get(va >> 21)
+        if hit is not None:
+            base, size = hit
+            return base | (va & (size - 1))
+        shifts = (48, 39, 30, 21, 12) if self.levels == 5 else (39, 30, 21, 12)
+        table = self.root
+        for shift in shifts:
+            entry = int(self._table(table)[(va >> shift) & 511])
+            if not entry & PTE_PRESENT:
+                raise TranslationError(f"{self.mem.path}: kernel address {va:#x} is not mapped "
+                                       f"(level with shift {shift})")
+            if shift in (30, 21) and entry & PTE_PSE:
+                size = 1 << shift
+                base = entry & self.mask & ~(size - 1)
+                if shift == 21:
+                    self._large[va >> 21] = (base, size)
+                return base | (va & (size - 1))
+            table = entry & self.mask
+        return table | (va & 0xFFF)
