@@ -7,6 +7,7 @@ Exit status: 0 success, 1 a reported error (one line on stderr, no traceback),
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -41,8 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("save", help="save a crash dump (in the capture kernel: from /proc/vmcore)",
                        description="Save SRC (default /proc/vmcore) to DEST, dropping pages by "
                                    "dump level; DEST '-' streams the flattened format to stdout.")
-    p.add_argument("-d", "--dump-level", type=int, default=1, metavar="LEVEL",
-                   help="makedumpfile dump level: 1 zero pages (default: %(default)s)")
+    p.add_argument("-d", "--dump-level", default="31", metavar="LEVEL[,LEVEL...]",
+                   help="pages to drop, makedumpfile's bits: 1 zero, 2 page cache, 4 private "
+                        "cache, 8 user, 16 free (default: %(default)s); a list is tried in turn "
+                        "when the target fills up")
+    p.add_argument("--allow-partial-filter", action="store_true",
+                   help="skip a dump level the kernel's VMCOREINFO cannot support, instead of "
+                        "failing")
     _add_output_options(p, default_compress=None)
     p.add_argument("paths", nargs="+", metavar="[SRC] DEST")
     p.set_defaults(func=cmd_save)
@@ -58,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "reassembled file (makedumpfile -R). Several SRCs are a split "
                                    "set joined into one DEST.")
     p.add_argument("-d", "--dump-level", type=int, default=None, metavar="LEVEL",
-                   help="additionally drop pages (1: zero pages)")
+                   help="additionally drop pages (makedumpfile's bits, as for save)")
     _add_output_options(p, default_compress=None)
     p.add_argument("paths", nargs="+", metavar="SRC... DEST")
     p.set_defaults(func=cmd_convert)
@@ -83,7 +89,8 @@ def _target(dest: str, fmt: str, force: bool):
 
 
 def _run_save(mem, dest: str, *, fmt: str, compress: str, level: int, recorded: int | None,
-              force: bool, threads: int | None, quiet: bool, label: str) -> int:
+              force: bool, threads: int | None, quiet: bool, label: str,
+              allow_partial: bool = False) -> int:
     from kdumpy.capture.pipeline import SaveOptions, check_dump_level, save, usable_cpus
     check_dump_level(level)
     if fmt == "elf" and compress != "none":
@@ -91,18 +98,22 @@ def _run_save(mem, dest: str, *, fmt: str, compress: str, level: int, recorded: 
                           "use --format kdump or flat to compress")
     opts = SaveOptions(dump_level=level, compress=compress,
                        format="elf" if fmt == "elf" else "kdump",
-                       threads=threads or usable_cpus(), recorded_dump_level=recorded)
+                       threads=threads or usable_cpus(), recorded_dump_level=recorded,
+                       allow_partial_filter=allow_partial)
     if dest == "-" and fmt == "kdump":
         fmt = "flat"
-    target = _target(dest, fmt, force)
     progress = _progress(mem.count_dumpable(), mem.page_size, quiet or dest == "-", label)
     try:
-        res = save(mem, target, opts, progress)
+        res = save(mem, lambda: _target(dest, fmt, force), opts, progress)
     finally:
         progress.close()
+    for note in res.notes:
+        print(f"kdumpy: note: {note}", file=sys.stderr)
     if not quiet and dest != "-":
-        print(f"kdumpy: wrote {res.path}: {res.pages_written} pages "
-              f"({res.zero_pages} zero), {res.bytes_written} bytes", file=sys.stderr)
+        excl = ", ".join(f"{k} {v}" for k, v in res.excluded.items()) or "none"
+        print(f"kdumpy: wrote {res.path}: dump level {res.dump_level}, {res.pages_written} pages "
+              f"({res.zero_pages} zero), {res.bytes_written} bytes; excluded pages: {excl}",
+              file=sys.stderr)
     return 0
 
 
@@ -114,12 +125,26 @@ def cmd_save(args: argparse.Namespace) -> int:
         src, dest = args.paths
     else:
         raise KdumpyError("save takes [SRC] DEST")
+    from kdumpy.capture.pipeline import DumpIncomplete, parse_dump_levels
+    levels = parse_dump_levels(args.dump_level)
     fmt = args.format or "kdump"
     compress = args.compress or ("none" if fmt == "elf" else "lzo")
     with open_dump(src) as mem:
-        return _run_save(mem, dest, fmt=fmt, compress=compress, level=args.dump_level,
-                         recorded=None, force=args.force, threads=args.threads,
-                         quiet=args.quiet, label="saving")
+        for i, level in enumerate(levels):
+            try:
+                return _run_save(mem, dest, fmt=fmt, compress=compress, level=level,
+                                 recorded=None, force=args.force, threads=args.threads,
+                                 quiet=args.quiet, label="saving",
+                                 allow_partial=args.allow_partial_filter)
+            except DumpIncomplete as exc:
+                cause = exc.__cause__
+                last = i == len(levels) - 1
+                if last or not (isinstance(cause, OSError) and cause.errno == errno.ENOSPC):
+                    raise
+                os.unlink(dest + ".incomplete")
+                print(f"kdumpy: {dest}: no space left at dump level {level}; retrying at "
+                      f"level {levels[i + 1]}", file=sys.stderr)
+    return 1
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -169,7 +194,8 @@ def _reassemble(src: str, dest: str, force: bool) -> int:
                 reassemble(f, target.fd, path=src)
     except BaseException:
         left = target.abandon()
-        os.unlink(left)  # a half-reassembled file has no incomplete mark: do not leave it
+        if left is not None:
+            os.unlink(left)  # a half-reassembled file has no incomplete mark: do not leave it
         raise
     target.commit()
     return 0

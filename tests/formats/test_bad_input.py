@@ -38,7 +38,7 @@ def assert_one_line_error(r: subprocess.CompletedProcess, path: Path, *words: st
 @pytest.fixture(scope="module")
 def kdump_file(synth_core, tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("kd") / "dump"
-    assert main(["save", "-q", "-c", "zlib", synth_core.path, str(p)]) == 0
+    assert main(["save", "-q", "-d", "1", "-c", "zlib", synth_core.path, str(p)]) == 0
     return p
 
 
@@ -111,7 +111,7 @@ def test_kdump_bitmap_shorter_than_max_mapnr(kdump_file, tmp_path):
 
 def test_flattened_stream_cut_short(kdump_file, synth_core, tmp_path):
     flat = tmp_path / "f"
-    assert main(["save", "-q", "-f", "flat", synth_core.path, str(flat)]) == 0
+    assert main(["save", "-q", "-d", "1", "-f", "flat", synth_core.path, str(flat)]) == 0
     bad = _mutated(flat, tmp_path / "fc", [], truncate=flat.stat().st_size - 100)
     assert_one_line_error(run_cli("info", str(bad)), bad, "flattened")
     r = subprocess.run([sys.executable, "-m", "kdumpy", "convert", "-", str(tmp_path / "re")],
@@ -160,7 +160,7 @@ def test_mutated_flattened(synth_core, tmp_path_factory, edits, cut):
     d = tmp_path_factory.mktemp("fl")
     flat = d / "f"
     if not flat.exists():
-        assert main(["save", "-q", "-f", "flat", "-c", "zstd", synth_core.path, str(flat)]) == 0
+        assert main(["save", "-q", "-d", "1", "-f", "flat", "-c", "zstd", synth_core.path, str(flat)]) == 0
     data = flat.read_bytes()
     edits = [(min(o + 4096, len(data) - 1), b) for o, b in edits]
     _exercise(_mutated(flat, d / "m", edits, truncate=None if cut > 19000 else cut + 4096))

@@ -33,7 +33,7 @@ def test_elf32_core_reads_and_round_trips(tmp_path, synth_core):
         for pfn, data in synth_core.pages.items():
             assert mem.read_pfn(pfn) == data
     kd = tmp_path / "k32"
-    assert main(["save", "-q", "-c", "zlib", str(p), str(kd)]) == 0
+    assert main(["save", "-q", "-d", "1", "-c", "zlib", str(p), str(kd)]) == 0
     kf = KdumpFile(kd.read_bytes(), path=str(kd))
     assert kf.arch is ARCH32_LE and kf.header.utsname["machine"] == "i386"
     with open_dump(kd) as mem:

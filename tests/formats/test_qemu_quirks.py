@@ -54,7 +54,7 @@ def test_qemu72_elf_layout_read_and_reported(tmp_path, synth_core, capsys):
 
 def test_qemu_kdump_hex_parsed_phys_base_and_empty_utsname(tmp_path, synth_core, capsys):
     kd = tmp_path / "q.kdump"
-    assert main(["save", "-q", "-c", "zlib", "-f", "flat", synth_core.path, str(kd)]) == 0
+    assert main(["save", "-q", "-d", "1", "-c", "zlib", "-f", "flat", synth_core.path, str(kd)]) == 0
     plain = tmp_path / "plain"
     assert main(["convert", str(kd), str(plain)]) == 0
     data = bytearray(plain.read_bytes())

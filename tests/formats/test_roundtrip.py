@@ -102,8 +102,8 @@ def test_elf_compress_refused(tmp_path, synth_core, capsys):
 
 def test_stdout_stream_reassembles_to_identical_file(tmp_path, synth_core):
     direct = str(tmp_path / "direct")
-    assert main(["save", "-q", "-c", "lzo", synth_core.path, direct]) == 0
-    stream = subprocess.run([sys.executable, "-m", "kdumpy", "save", "-q", "-c", "lzo",
+    assert main(["save", "-q", "-d", "1", "-c", "lzo", synth_core.path, direct]) == 0
+    stream = subprocess.run([sys.executable, "-m", "kdumpy", "save", "-q", "-d", "1", "-c", "lzo",
                              synth_core.path, "-"], capture_output=True, check=True).stdout
     assert stream.startswith(b"makedumpfile\0")
     flat = tmp_path / "stream.flat"
@@ -120,7 +120,7 @@ def test_stdout_stream_reassembles_to_identical_file(tmp_path, synth_core):
 @pytest.mark.parametrize("target", ["elf", "kdump"])
 def test_convert_between_formats(tmp_path, synth_core, target):
     kd = str(tmp_path / "a.kdump")
-    assert main(["save", "-q", "-c", "zstd", synth_core.path, kd]) == 0
+    assert main(["save", "-q", "-d", "1", "-c", "zstd", synth_core.path, kd]) == 0
     out = str(tmp_path / f"b.{target}")
     assert main(["convert", "-q", "-f", target, *(["-c", "snappy"] if target == "kdump" else []),
                  kd, out]) == 0
@@ -133,31 +133,44 @@ def test_convert_between_formats(tmp_path, synth_core, target):
 def test_never_overwrites(tmp_path, synth_core, capsys):
     out = tmp_path / "dump"
     out.write_bytes(b"precious")
-    assert main(["save", "-q", synth_core.path, str(out)]) == 1
+    assert main(["save", "-q", "-d", "1", synth_core.path, str(out)]) == 1
     assert out.read_bytes() == b"precious"
     assert "never overwrites" in capsys.readouterr().err
-    assert main(["save", "-q", "--force", synth_core.path, str(out)]) == 0
+    assert main(["save", "-q", "-d", "1", "--force", synth_core.path, str(out)]) == 0
     assert out.read_bytes()[:8] == b"KDUMP   "
 
 
 def test_new_directories_are_private(tmp_path, synth_core):
     out = tmp_path / "new" / "dir" / "dump"
-    assert main(["save", "-q", synth_core.path, str(out)]) == 0
+    assert main(["save", "-q", "-d", "1", synth_core.path, str(out)]) == 0
     assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700
     assert out.stat().st_mode & 0o777 == 0o600
 
 
-def test_higher_dump_levels_refused(tmp_path, synth_core, capsys):
+def test_filtering_needs_vmcoreinfo_keys(tmp_path, synth_core, capsys):
+    """The synthetic core exports no mem_section: levels above 1 fail naming the key, or are
+    skipped (and the dump records the level it really used) with --allow-partial-filter."""
     assert main(["save", "-q", "-d", "31", synth_core.path, str(tmp_path / "d")]) == 1
     err = capsys.readouterr().err
-    assert "not yet supported" in err and err.count("\n") == 1
+    assert "VMCOREINFO" in err and err.count("\n") == 1 and "incomplete" not in err
     assert not (tmp_path / "d").exists() and not (tmp_path / "d.incomplete").exists()
+    assert main(["save", "-q", "-d", "31", "--allow-partial-filter", synth_core.path,
+                 str(tmp_path / "p")]) == 0
+    assert "skipped" in capsys.readouterr().err
+    with open_dump(tmp_path / "p") as mem:
+        assert mem.sub.dump_level == 1
+
+
+def test_dump_level_list_and_range(tmp_path, synth_core, capsys):
+    assert main(["save", "-q", "-d", "32", synth_core.path, str(tmp_path / "x")]) == 1
+    assert "out of range" in capsys.readouterr().err
+    assert main(["save", "-q", "-d", "1,0", synth_core.path, str(tmp_path / "y")]) == 0
 
 
 def test_threads_do_not_change_output(tmp_path, synth_core):
     outs = []
     for n in (1, 2, 5):
         p = str(tmp_path / f"t{n}")
-        assert main(["save", "-q", "--threads", str(n), "-c", "zlib", synth_core.path, p]) == 0
+        assert main(["save", "-q", "-d", "1", "--threads", str(n), "-c", "zlib", synth_core.path, p]) == 0
         outs.append(open(p, "rb").read())
     assert outs[0] == outs[1] == outs[2]

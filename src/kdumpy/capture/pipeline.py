@@ -57,6 +57,8 @@ class SaveOptions:
     batch_pages: int = 512
     #: keep the source's dump level in the output's sub header (convert)
     recorded_dump_level: int | None = None
+    #: skip a level whose VMCOREINFO keys are missing instead of failing
+    allow_partial_filter: bool = False
 
 
 @dataclass
@@ -65,15 +67,25 @@ class SaveResult:
     pages_written: int
     zero_pages: int
     bytes_written: int
+    dump_level: int = 0
+    excluded: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def check_dump_level(level: int) -> None:
     if not 0 <= level <= MAX_DUMP_LEVEL:
         raise KdumpyError(f"dump level {level} is out of range (0-{MAX_DUMP_LEVEL})")
-    if level & ~DL_EXCLUDE_ZERO:
-        raise UnsupportedError(
-            f"dump level {level}: excluding page cache (2, 4), user (8) and free (16) pages is "
-            "not yet supported; use -d 0 or -d 1")
+
+
+def parse_dump_levels(text: str) -> list[int]:
+    """makedumpfile's ``-d`` value: a level, or a comma list tried in turn on ENOSPC."""
+    try:
+        levels = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise KdumpyError(f"dump level {text!r} is not a number or a comma list of numbers") from None
+    for lv in levels:
+        check_dump_level(lv)
+    return levels
 
 
 def _batches(mem: DumpMemory, bitmap: np.ndarray, size: int) -> Iterator[tuple[int, int]]:
@@ -148,13 +160,12 @@ def _notes_bytes(mem: DumpMemory) -> bytes:
     return build_notes(mem.notes)
 
 
-def write_kdump(mem: DumpMemory, sink, opts: SaveOptions, progress=None) -> SaveResult:
-    """Write ``mem`` as kdump-compressed through ``sink``; return what was written."""
+def write_kdump(mem: DumpMemory, sink, opts: SaveOptions, dumpable: np.ndarray,
+                progress=None) -> SaveResult:
+    """Write ``mem`` as kdump-compressed through ``sink``; ``dumpable`` is bitmap 2."""
     codec = CODECS[opts.compress]
     ps = mem.page_size
     present = np.array(mem.present_bitmap()[: (mem.max_pfn + 7) >> 3], dtype=np.uint8)
-    dumpable = np.array(mem.dumpable_bitmap()[: (mem.max_pfn + 7) >> 3], dtype=np.uint8)
-    dumpable &= present
     notes = _notes_bytes(mem)
     from kdumpy.formats.notes import parse_notes
     vi_off, vi_size = vmcoreinfo_desc_offset(parse_notes(notes, byteorder=mem.byteorder))  # type: ignore[arg-type]
@@ -189,10 +200,11 @@ def write_kdump(mem: DumpMemory, sink, opts: SaveOptions, progress=None) -> Save
     return SaveResult("", writer.next_rank, zero_pages, writer.data_cursor)
 
 
-def write_elf(mem: DumpMemory, sink, opts: SaveOptions, progress=None) -> SaveResult:
+def write_elf(mem: DumpMemory, sink, opts: SaveOptions, dumpable: np.ndarray,
+              progress=None) -> SaveResult:
     """Write ``mem`` as an ELF core, splitting PT_LOADs where long runs are excluded."""
     ps = mem.page_size
-    keep = np.array(mem.dumpable_bitmap()[: (mem.max_pfn + 7) >> 3], dtype=np.uint8)
+    keep = dumpable.copy()
     zero_pages = 0
     if opts.dump_level & DL_EXCLUDE_ZERO:
         # A pre-pass over the data: ELF has no shared zero page, zero pages are excluded.
@@ -287,33 +299,45 @@ def _true_runs(mask: np.ndarray) -> Iterator[tuple[int, int]]:
     return zip(edges[0::2].tolist(), edges[1::2].tolist())
 
 
-def save(mem: DumpMemory, target, opts: SaveOptions, progress=None) -> SaveResult:
-    """Write ``mem`` to ``target`` (a :mod:`kdumpy.capture.targets` object) and finish it.
+def save(mem: DumpMemory, make_target, opts: SaveOptions, progress=None) -> SaveResult:
+    """Filter ``mem`` by ``opts.dump_level``, then write it to the target ``make_target()``
+    creates (a :mod:`kdumpy.capture.targets` object) and finish it.
 
-    On any failure the target is abandoned (left as ``.incomplete``, marked incomplete where
-    the format allows) and the error propagates.
+    The target is only created once filtering has succeeded. On a failure while writing the
+    target is abandoned (left as ``.incomplete``, marked incomplete where the format allows)
+    and :class:`DumpIncomplete` is raised from the cause.
     """
     if opts.compress not in CODECS:
         raise KdumpyError(f"unknown compression {opts.compress!r} (zlib, lzo, snappy, zstd, none)")
+    if opts.format not in ("elf", "kdump"):
+        raise KdumpyError(f"unknown output format {opts.format!r}")
+    from kdumpy.capture.filter import filter_pages
+    filt = filter_pages(mem, opts.dump_level, allow_partial=opts.allow_partial_filter)
+    if opts.recorded_dump_level is None:
+        opts.recorded_dump_level = filt.level
+    if progress is not None:
+        progress.set_total(bm.count_bits(filt.dumpable, 0, mem.max_pfn))
+    target = make_target()
     try:
         if opts.format == "elf":
-            res = write_elf(mem, target.sink, opts, progress)
-        elif opts.format == "kdump":
-            res = write_kdump(mem, target.sink, opts, progress)
+            res = write_elf(mem, target.sink, opts, filt.dumpable, progress)
         else:
-            raise KdumpyError(f"unknown output format {opts.format!r}")
+            res = write_kdump(mem, target.sink, opts, filt.dumpable, progress)
         res.path = target.commit()
-        return res
     except KeyboardInterrupt:
         target.abandon()
         raise
     except (OSError, KdumpyError) as exc:
         left = target.abandon()
-        if left == "-":
+        if left is None:
             raise
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise DumpIncomplete(f"{left}: dump not finished ({why}); the partial dump is kept "
                              "under this name, marked incomplete") from exc
+    res.dump_level = filt.level
+    res.excluded = dict(filt.excluded)
+    res.notes = list(filt.notes)
+    return res
 
 
 class DumpIncomplete(KdumpyError):

@@ -29,6 +29,13 @@ class Progress:
             self._bar = tqdm(total=total_pages * page_size, unit="B", unit_scale=True,
                              unit_divisor=1024, desc=label, file=self.stream, leave=True)
 
+    def set_total(self, total_pages: int) -> None:
+        """The real page count, known once filtering has decided."""
+        self.total = max(total_pages, 1)
+        if self._bar is not None:
+            self._bar.total = total_pages * self.page_size
+            self._bar.refresh()
+
     def advance(self, pages: int) -> None:
         self.done += pages
         if self.quiet:

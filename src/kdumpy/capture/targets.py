@@ -60,8 +60,9 @@ class LocalTarget:
         _fsync_dir(os.path.dirname(self.dest))
         return self.dest
 
-    def abandon(self) -> str:
-        """Leave the unfinished file in place under its ``.incomplete`` name."""
+    def abandon(self) -> str | None:
+        """Leave the unfinished file in place under its ``.incomplete`` name and return that
+        name; None when nothing had been written (the empty file is removed)."""
         try:
             if self._stream is not None:
                 self._stream.close()
@@ -75,6 +76,7 @@ class LocalTarget:
         os.close(self.fd)
         if empty:  # nothing was written: there is no partial dump to keep
             os.unlink(self.tmp)
+            return None
         return self.tmp
 
 
@@ -92,8 +94,8 @@ class StdoutTarget:
         self.sink.close()
         return "-"
 
-    def abandon(self) -> str:
-        return "-"
+    def abandon(self) -> str | None:
+        return None  # a stream cannot be marked afterwards; the reader sees no end marker
 
 
 def make_private_dirs(path: str) -> None:

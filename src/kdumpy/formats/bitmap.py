@@ -89,8 +89,8 @@ def put_bits(bitmap: np.ndarray, start: int, bits: np.ndarray) -> None:
     full = n >> 3
     bitmap[sb:sb + full] = packed[:full]
     if n & 7:
-        keep = bitmap[sb + full] & ~((1 << (n & 7)) - 1) & 0xFF
-        bitmap[sb + full] = keep | packed[full]
+        keep = int(bitmap[sb + full]) & ~((1 << (n & 7)) - 1) & 0xFF
+        bitmap[sb + full] = keep | int(packed[full])
 
 
 def runs(bitmap: np.ndarray, nbits: int | None = None, chunk_bits: int = 1 << 24) -> Iterator[tuple[int, int]]:

@@ -59,7 +59,7 @@ TIMEOUTS: dict[str, float] = {
 DEFAULT_CRASHKERNEL = "256M"
 #: Smallest reservation found to still capture with both kernels (see report in the docs of
 #: :mod:`kdumpy.lab`); tests use it as the second case.
-SMALL_CRASHKERNEL = "192M"
+SMALL_CRASHKERNEL = "160M"
 
 CAPTURE_APPEND = "console=ttyS0 irqpoll nr_cpus=1 reset_devices panic=1"
 FIRST_APPEND = "console=ttyS0 panic=1"

@@ -1,0 +1,13 @@
+"""Reading a crashed kernel's state out of a dump: its log, and a first-look crash report.
+
+- :mod:`kdumpy.analysis.kernel_log`: the printk buffer (lockless ring, legacy records,
+  pre-3.5 character ring) decoded from VMCOREINFO alone, formatted as
+  ``makedumpfile --dump-dmesg`` does.
+- :mod:`kdumpy.analysis.report`: release, crash time, panic message, taint, crashing CPU
+  and its registers, the log's tail, and a backtrace through drgn when debug info exists.
+"""
+
+from kdumpy.analysis.kernel_log import (KernelLog, LogRecord, format_dmesg, format_record,
+                                        read_kernel_log)
+
+__all__ = ["KernelLog", "LogRecord", "format_dmesg", "format_record", "read_kernel_log"]

@@ -1,0 +1,220 @@
+"""Drop pages by dump level: walk memory sections, classify their ``struct page`` arrays.
+
+Kernel facts (``include/linux/mmzone.h``, ``mm/sparse.c``):
+
+- Physical memory is cut into sections of ``2^SECTION_SIZE_BITS`` bytes; ``mem_section``
+  describes each. With SPARSEMEM_EXTREME (``LENGTH(mem_section)`` = number of roots)
+  ``SYMBOL(mem_section)`` is an array of root pointers, each to a page of
+  ``struct mem_section``; otherwise a flat array.
+- ``section_mem_map`` holds ``mem_map - section_start_pfn`` (in ``struct page`` units, so
+  ``struct page`` of PFN p is at ``coded + p * SIZE(page)``) with flags in its low bits:
+  bit 0 present, bit 1 has a mem_map. The coded pointer is page-aligned minus a multiple of
+  ``2^PFN_SECTION_SHIFT`` pages' worth, so masking the bits below
+  ``min(PAGE_SIZE, 2^PFN_SECTION_SHIFT)`` recovers it whatever flag bits a config adds
+  (makedumpfile masks only 5).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kdumpy.errors import KdumpyError
+from kdumpy.formats import bitmap as bm
+from kdumpy.memory import START_KERNEL_MAP, DumpMemory, ElfMemory
+from kdumpy.capture.page_classes import CLASS_NAMES, KEEP, MissingKeyError, PageRules
+
+SECTION_MARKED_PRESENT = 1
+SECTION_HAS_MEM_MAP = 2
+
+
+@dataclass
+class FilterResult:
+    """Bitmap 2 after filtering, and what went where."""
+
+    dumpable: np.ndarray
+    level: int
+    excluded: dict[str, int] = field(default_factory=dict)
+    protected: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class MemSections:
+    """``struct page`` addresses per memory section, from VMCOREINFO's mem_section keys."""
+
+    def __init__(self, mem: DumpMemory) -> None:
+        vi = mem.vmcoreinfo
+        if vi is None:
+            raise MissingKeyError(f"{mem.path}: no VMCOREINFO: dump levels above 1 need it")
+        need = {}
+        for key, val in (("SYMBOL(mem_section)", vi.symbol("mem_section")),
+                         ("SIZE(mem_section)", vi.size("mem_section")),
+                         ("OFFSET(mem_section.section_mem_map)", vi.offset("mem_section.section_mem_map")),
+                         ("NUMBER(SECTION_SIZE_BITS)", vi.number("SECTION_SIZE_BITS")),
+                         ("NUMBER(MAX_PHYSMEM_BITS)", vi.number("MAX_PHYSMEM_BITS"))):
+            if val is None:
+                raise MissingKeyError(f"{mem.path}: VMCOREINFO lacks {key} (needed to find struct page)")
+            need[key] = val
+        self.mem = mem
+        self.symbol = need["SYMBOL(mem_section)"]
+        self.size = need["SIZE(mem_section)"]
+        self.off_map = need["OFFSET(mem_section.section_mem_map)"]
+        page_shift = mem.page_size.bit_length() - 1
+        self.pfn_shift = need["NUMBER(SECTION_SIZE_BITS)"] - page_shift
+        self.pages_per_section = 1 << self.pfn_shift
+        nr_sections = 1 << (need["NUMBER(MAX_PHYSMEM_BITS)"] - need["NUMBER(SECTION_SIZE_BITS)"])
+        self.per_root = mem.page_size // self.size
+        length = vi.length("mem_section")
+        self.extreme = length is None or length == -(-nr_sections // self.per_root)
+        self.map_mask = ~(min(mem.page_size, self.pages_per_section) - 1)
+        self._roots: dict[int, int] = {}
+        self._roots_base = self.symbol
+        self.size_page = vi.size("page") or 64
+
+    def _u64(self, va: int) -> int:
+        return struct.unpack("<Q", self.mem.read_virt(va, 8))[0]
+
+    def section_entry(self, nr: int) -> int | None:
+        """Address of ``struct mem_section`` number ``nr`` (None if its root is absent)."""
+        if not self.extreme:
+            return self.symbol + nr * self.size
+        r = nr // self.per_root
+        root = self._roots.get(r)
+        if root is None:
+            root = self._roots[r] = self._u64(self._roots_base + 8 * r)
+        if root == 0:
+            return None
+        return root + (nr % self.per_root) * self.size
+
+    def mem_map(self, nr: int) -> int | None:
+        """``struct page`` address of the section's first PFN, None without a mem_map."""
+        entry = self.section_entry(nr)
+        if entry is None:
+            return None
+        smm = self._u64(entry + self.off_map)
+        if not (smm & SECTION_MARKED_PRESENT) or not (smm & SECTION_HAS_MEM_MAP):
+            return None
+        coded = smm & self.map_mask & 0xFFFFFFFFFFFFFFFF
+        return (coded + (nr << self.pfn_shift) * self.size_page) & 0xFFFFFFFFFFFFFFFF
+
+
+def kernel_image_ranges(mem: DumpMemory) -> list[tuple[int, int]]:
+    """PFN ranges of the kernel image PT_LOAD (``[_text, _end)`` in ``/proc/vmcore``).
+
+    The range also holds memory the kernel hands back after boot (freed ``__init``
+    sections, the unused end of ``.brk``), which is ordinary page cache or free memory
+    later; only its ``PG_reserved`` pages are the image itself.
+    """
+    if not isinstance(mem, ElfMemory):
+        return []
+    ps = mem.page_size
+    return [(pa // ps, -(-(pa + msz) // ps)) for pa, msz, _f, _o, va in mem.segments
+            if va >= START_KERNEL_MAP]
+
+
+def _reserved_bit_checked(mem: DumpMemory, sections: "MemSections", rules: PageRules) -> bool:
+    """Is ``PG_reserved`` (derived, not exported) set on the page holding ``_stext``?"""
+    vi = mem.vmcoreinfo
+    stext = vi.symbol("_stext") if vi is not None else None
+    if stext is None or rules.pg_reserved is None:
+        return False
+    pa = mem.kernel_image_to_phys(stext)
+    if pa is None:
+        return False
+    pfn = pa // mem.page_size
+    base = sections.mem_map(pfn // sections.pages_per_section)
+    if base is None:
+        return False
+    off = (pfn % sections.pages_per_section) * sections.size_page + rules.off_flags
+    flags = struct.unpack("<Q", mem.read_virt(base + off, 8))[0]
+    return bool(flags & rules.pg_reserved)
+
+
+def filter_pages(mem: DumpMemory, level: int, *, allow_partial: bool = False,
+                 protect_kernel_image: bool = True) -> FilterResult:
+    """Bitmap 2 of ``mem`` with the page classes of ``level`` (bits 2, 4, 8, 16) removed.
+
+    Bit 1 (zero pages) is decided from page data while writing, not here.
+    """
+    dumpable = np.array(mem.dumpable_bitmap()[: (mem.max_pfn + 7) >> 3], dtype=np.uint8)
+    dumpable &= np.asarray(mem.present_bitmap()[: len(dumpable)], dtype=np.uint8)
+    result = FilterResult(dumpable, level)
+    if not level & ~1:
+        return result
+    vi = mem.vmcoreinfo
+    if vi is None:
+        raise MissingKeyError(f"{mem.path}: no VMCOREINFO: dump level {level} needs it")
+    rules = PageRules(vi, mem.page_size, level, allow_partial=allow_partial)
+    result.level = rules.level | (level & 1)
+    result.notes.extend(rules.skipped)
+    if not rules.level & ~1:
+        return result
+    try:
+        sections = MemSections(mem)
+    except MissingKeyError as exc:
+        if not allow_partial:
+            raise
+        result.level = level & 1
+        result.notes.append(f"dump levels above 1 skipped: {exc}")
+        return result
+    per = sections.pages_per_section
+    counts = {name: 0 for name in CLASS_NAMES.values()}
+    present = np.asarray(mem.present_bitmap(), dtype=np.uint8)
+    image = kernel_image_ranges(mem) if protect_kernel_image else []
+    if image and not _reserved_bit_checked(mem, sections, rules):
+        result.notes.append("PG_reserved could not be confirmed on the kernel image; "
+                            "its pages are not specially protected")
+        image = []
+    first_sec = 0
+    last_sec = -(-mem.max_pfn // per)
+    for nr in range(first_sec, last_sec):
+        pfn0 = nr * per
+        n = min(per, mem.max_pfn - pfn0)
+        decide = bm.bits_range(present, pfn0, n)
+        if not decide.any():
+            continue
+        base = sections.mem_map(nr)
+        if base is None:
+            continue
+        try:
+            raw = mem.read_virt(base, n * sections.size_page)
+        except KdumpyError as exc:
+            raise KdumpyError(f"{mem.path}: struct page array of PFNs {pfn0:#x}-{pfn0 + n - 1:#x} "
+                              f"cannot be read ({exc})") from None
+        protect = None
+        for s_, e_ in image:
+            if s_ < pfn0 + n and e_ > pfn0:
+                if protect is None:
+                    protect = np.zeros(n, dtype=bool)
+                protect[max(s_, pfn0) - pfn0:min(e_, pfn0 + n) - pfn0] = True
+        cls, nr_pages, warns, saved = rules.classify(raw, pfn0, decide, protect)
+        result.protected += saved
+        result.notes.extend(warns)
+        starts = np.flatnonzero(cls != KEEP)
+        if len(starts) == 0:
+            continue
+        ends = starts + nr_pages[starts]
+        for klass, name in CLASS_NAMES.items():
+            sel = cls[starts] == klass
+            if not sel.any():
+                continue
+            s, e = starts[sel], ends[sel]
+            cover = np.zeros(n + 1, dtype=np.int32)
+            np.add.at(cover, s, 1)
+            np.add.at(cover, np.minimum(e, n), -1)
+            excl = np.cumsum(cover[:n]) > 0
+            cur = bm.bits_range(dumpable, pfn0, n)
+            counts[name] += int(np.count_nonzero(cur & excl))
+            bm.put_bits(dumpable, pfn0, cur & ~excl)
+            for a, b in zip(s[e > n].tolist(), e[e > n].tolist()):
+                # a range running past this section (e.g. a 1 GiB hugetlb page)
+                lo, hi = pfn0 + n, min(pfn0 + b, mem.max_pfn)
+                counts[name] += bm.count_bits(dumpable, lo, hi)
+                bm.set_range(dumpable, lo, hi, False)
+    if result.protected:
+        result.notes.append(f"kept {result.protected} PG_reserved kernel-image pages that a rule "
+                            "would have dropped (makedumpfile issue #21)")
+    result.excluded = {k: v for k, v in counts.items() if v}
+    return result
