@@ -393,3 +393,10 @@ def test_verify_bit_helpers():
     assert verify._unpack(bm, 8, 4).tolist() == [True, True, False, False]
     assert verify._ranges_minus([(0, 10), (20, 30)], [(5, 25)]) == [(0, 5), (25, 30)]
     assert verify._ranges_minus([(0, 10)], []) == [(0, 10)]
+
+
+def test_check_visible_rejects_overlaid_dirs(tmp_path):
+    run.check_visible([tmp_path, Path("/usr/bin")])
+    for bad in ("/sys/lab", "/dev/shm/x", "/proc"):
+        with pytest.raises(run.LabError):
+            run.check_visible([Path(bad)])

@@ -315,7 +315,6 @@ def _read_lockless(rd: _Reader, log: KernelLog, since_clear: bool) -> None:
     caller_off = vi.offset("printk_info.caller_id")
     log.has_caller = caller_off is not None
     w, bo = rd.word, rd.bo
-    wfmt = "Q" if w == 8 else "I"
     id_mask = (1 << (8 * w - 2)) - 1          # DESC_ID_MASK: state in the top two bits
 
     prb_addr = rd.read_word(vi.symbol("prb"), "prb")  # type: ignore[arg-type]
@@ -401,8 +400,14 @@ def _read_lockless(rd: _Reader, log: KernelLog, since_clear: bool) -> None:
     start = np.where(wrapped, np.uint64(0), b) + np.uint64(w)
     avail = end.astype(np.int64) - start.astype(np.int64)
     misaligned = ((begin | nxt) & np.uint64(w - 1)) != 0
-    same = b == (nxt & smask)
-    bad = ~dataless & (misaligned | (avail < 0) | same)
+    # kernel get_data(): begin and next-1 lie in the same wrap (regular block) or in
+    # consecutive wraps (wrapped block); anything else is an illegal block description.
+    # (positions are unsigned longs and wrap around, as does their wrap count)
+    sb = np.uint64(size_bits)
+    wmask = np.uint64((1 << (8 * w)) - 1)
+    wraps = ((((nxt - one) & wmask) >> sb) - (begin >> sb)) & np.uint64((1 << (8 * w - size_bits)) - 1)
+    illegal = np.where(wrapped, wraps != one, wraps != np.uint64(0))
+    bad = ~dataless & (misaligned | illegal | (avail < 0))
     text_len = inf["text_len"].astype(np.int64)
     long_text = ~dataless & ~bad & (text_len > avail)
     length = np.minimum(text_len, np.maximum(avail, 0))

@@ -486,7 +486,7 @@ class KdumpWriter:
             status=codec_flag, block_size=page_size, sub_hdr_size=lay.sub_hdr_size,
             bitmap_blocks=lay.bitmap_blocks, max_mapnr=min(max_mapnr, 0xFFFFFFFF),
             nr_cpus=nr_cpus)
-        start, end = split if split is not None else (0, max_mapnr)
+        start, end = split if split is not None else (0, 0)  # makedumpfile: set only when split
         self.sub = KdumpSubHeader(
             phys_base=phys_base, dump_level=dump_level, split=1 if split else 0,
             start_pfn=start, end_pfn=end,

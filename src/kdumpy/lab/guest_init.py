@@ -24,6 +24,10 @@ Facts the script relies on:
   read-only, the run directory read-write. Mounting the guest's own proc/sys/devtmpfs/tmpfs
   on the host tree and ``chroot`` into it runs the host's dynamically linked kexec,
   makedumpfile and Python unchanged, at the same paths as on the host.
+* makedumpfile writes its VMCOREINFO copy to a hard-coded ``/tmp/vmcoreinfoXXXXXX``, so the
+  chroot needs a writable /tmp; it gets a tmpfs there with the host's /tmp entries
+  bind-mounted back (the lab cache or the checkout may live under /tmp). /proc, /sys and /dev
+  are the guest's own, so lab paths must not lie under them (checked on the host).
 * A ``dd`` reading ``bs=<N>M`` from /dev/urandom into a FIFO whose reader never reads keeps its
   N MiB buffer resident (it blocks in write after the 64 KiB pipe buffer fills).
 * ``echo c > /proc/sysrq-trigger`` panics with "sysrq triggered crash"; with a crash kernel
@@ -100,8 +104,29 @@ mount_shares() {
     mount -t sysfs sysfs /host/sys || return 7
     mount -t devtmpfs devtmpfs /host/dev || return 8
     mkdir -p /host/dev/shm && mount -t tmpfs -o size=16m tmpfs /host/dev/shm || return 9
-    mount -t tmpfs -o size=32m tmpfs /host/tmp || return 10
+    writable_tmp || return 10
     mount -o bind /out "/host$LAB_RUNDIR" || return 11
+    TMPDIR=/tmp HOME=/tmp
+    export TMPDIR HOME
+}
+
+# A writable /tmp in the chroot that still shows the host's /tmp entries (the lab cache or
+# the checkout may live there): a tmpfs with each host entry bind-mounted back.
+writable_tmp() {
+    mkdir -p /hosttmp && mount -o bind /host/tmp /hosttmp || return 1
+    mount -t tmpfs -o size=32m tmpfs /host/tmp || return 2
+    for e in /hosttmp/* /hosttmp/.[!.]*; do
+        [ -e "$e" ] || [ -L "$e" ] || continue
+        n=${e##*/}
+        if [ -L "$e" ]; then
+            ln -s "$(readlink "$e")" "/host/tmp/$n"
+        elif [ -d "$e" ]; then
+            mkdir "/host/tmp/$n" && mount -o bind "$e" "/host/tmp/$n"
+        else
+            : > "/host/tmp/$n" && mount -o bind "$e" "/host/tmp/$n"
+        fi
+    done
+    return 0
 }
 
 must insmod load_modules

@@ -136,13 +136,28 @@ def save_argv(options: RunOptions, dest: Path) -> list[str]:
     """The capture-side command that writes the dump under test (run inside the chroot)."""
     if options.save_with == "kdumpy":
         return ["/usr/bin/env", f"PYTHONPATH={project_src()}", "PYTHONDONTWRITEBYTECODE=1",
-                "HOME=/tmp", "LC_ALL=C.UTF-8", sys.executable, "-m", "kdumpy", "save",
+                "HOME=/tmp", "TMPDIR=/tmp", "LC_ALL=C.UTF-8", sys.executable, "-m", "kdumpy",
+                "save",
                 "-d", str(options.dump_level), "--compress", options.compress,
                 "/proc/vmcore", str(dest)]
     if options.save_with == "makedumpfile":
         return [which_or_fail("makedumpfile", "makedumpfile"), "-l", "-d",
                 str(options.dump_level), "/proc/vmcore", str(dest)]
     raise ValueError(f"unknown save tool {options.save_with!r}")
+
+
+#: Directories the guest covers with its own file systems inside the chroot of the host's root.
+GUEST_OVERLAID = ("/proc", "/sys", "/dev")
+
+
+def check_visible(paths: list[Path]) -> None:
+    """Raise LabError if a host path the guest must reach lies under :data:`GUEST_OVERLAID`."""
+    for path in paths:
+        resolved = Path(path).resolve()
+        for top in GUEST_OVERLAID:
+            if resolved == Path(top) or Path(top) in resolved.parents:
+                raise LabError(f"{path} is under {top}, which the guest replaces with its own "
+                               "file system; move the lab cache (KDUMPY_LAB_CACHE) elsewhere")
 
 
 def preflight_save(options: RunOptions) -> None:
@@ -347,6 +362,8 @@ def _execute(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: s
         "LAB_SAVE_ARGV": shlex.join(argv_save),
         "LAB_CAPTURE_STEPS": " ".join(options.capture_steps),
     }
+    check_visible([directory, kernel.vmlinuz, initramfs.path, kernel.system_map,
+                   Path(sys.executable), project_src()])
     (directory / "lab-config.sh").write_text(render_config(config))
     _make_sparse(paths["raw_vmcore"], (options.memory_mib + 256) << 20)
     append = f"{options.first_append} crashkernel={options.crashkernel}"
