@@ -313,3 +313,69 @@ def expected_line(ts: int, text: str, caller: str | None = None) -> bytes:
     sec, usec = divmod(ts // 1000, 1_000_000)
     field = "" if caller is None else f"[{caller:>8}] "
     return f"[{sec:5d}.{usec:06d}] {field}{text}\n".encode()
+
+
+# -- kallsyms ----------------------------------------------------------------------------
+
+KALLSYMS_NAMES = 0xFFFFFFFF82100000
+KALLSYMS_NUM = 0xFFFFFFFF82200000
+KALLSYMS_TOKEN_TABLE = 0xFFFFFFFF82210000
+KALLSYMS_TOKEN_INDEX = 0xFFFFFFFF82220000
+KALLSYMS_OFFSETS = 0xFFFFFFFF82230000
+KALLSYMS_BASE = 0xFFFFFFFF82240000
+TEXT_BASE = 0xFFFFFFFF81000000
+
+
+def kallsyms_tables(symbols: list[tuple[str, str, int]], *, absolute_percpu: bool = False,
+                    base: int = TEXT_BASE) -> tuple[str, list[tuple[int, bytes]]]:
+    """VMCOREINFO lines and memory regions of a kallsyms table for ``symbols`` (type
+    letter, name, address), laid out as ``scripts/kallsyms.c`` does: multi-character tokens
+    plus one token per character used, 2-byte lengths for names of 128+ tokens."""
+    multi = [b"_kexec", b"crash", b"panic", b"Tt"]
+    chars = sorted({c for t, n, _a in symbols for c in (t + n).encode()})
+    tokens = multi + [bytes([c]) for c in chars]
+    assert len(tokens) <= 256
+    names = bytearray()
+    for t, n, _a in symbols:
+        word = (t + n).encode()
+        out = []
+        i = 0
+        while i < len(word):
+            for k, tok in enumerate(tokens):
+                if word.startswith(tok, i):
+                    out.append(k)
+                    i += len(tok)
+                    break
+        if len(out) > 127:
+            names += bytes([0x80 | (len(out) & 0x7F), len(out) >> 7])
+        else:
+            names.append(len(out))
+        names += bytes(out)
+    table = bytearray()
+    index = []
+    for tok in tokens + [b""] * (256 - len(tokens)):
+        index.append(len(table))
+        table += tok + b"\0"
+    offsets = []
+    for _t, _n, addr in symbols:
+        if absolute_percpu:
+            offsets.append(addr if addr < 1 << 31 else base - 1 - addr)
+        else:
+            offsets.append(addr - base)
+    vmcoreinfo = (f"SYMBOL(kallsyms_names)={KALLSYMS_NAMES:x}\n"
+                  f"SYMBOL(kallsyms_num_syms)={KALLSYMS_NUM:x}\n"
+                  f"SYMBOL(kallsyms_token_table)={KALLSYMS_TOKEN_TABLE:x}\n"
+                  f"SYMBOL(kallsyms_token_index)={KALLSYMS_TOKEN_INDEX:x}\n"
+                  f"SYMBOL(kallsyms_offsets)={KALLSYMS_OFFSETS:x}\n"
+                  f"SYMBOL(kallsyms_relative_base)={KALLSYMS_BASE:x}\n")
+    stext = [a for _t, n, a in symbols if n == "_stext"]
+    if stext:
+        vmcoreinfo += f"SYMBOL(_stext)={stext[0]:x}\n"
+    # (the tables sit back to back in the kernel's rodata: pad up to the next one)
+    regions = [(KALLSYMS_NAMES, bytes(names).ljust(KALLSYMS_NUM - KALLSYMS_NAMES, b"\0")),
+               (KALLSYMS_NUM, struct.pack("<I", len(symbols))),
+               (KALLSYMS_TOKEN_TABLE, bytes(table) + bytes(256)),
+               (KALLSYMS_TOKEN_INDEX, struct.pack("<256H", *index)),
+               (KALLSYMS_OFFSETS, struct.pack(f"<{len(offsets)}i", *offsets)),
+               (KALLSYMS_BASE, struct.pack("<Q", base))]
+    return vmcoreinfo, regions

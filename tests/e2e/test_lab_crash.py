@@ -44,7 +44,7 @@ def kdumpy_info(path) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project_src()),
                                                       env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-m", "kdumpy", "info", str(path), "--json"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          capture_output=True, text=True, env=env,
                           check=False, timeout=300)
     assert proc.returncode == 0, f"kdumpy info failed ({proc.returncode}): {proc.stderr}"
     return json.loads(proc.stdout)
@@ -146,7 +146,7 @@ def test_libkdumpfile_reads_kdumpy_dump(lab_crash, lab_raw, lab_release):
     ps = lab_raw.page_size
     rng = random.Random(lab_release)
     pfns: set[int] = set()
-    for lo, hi in lab_raw.page_ranges():
+    for lo, hi in lab_raw.full_page_ranges():
         pfns.update((lo, hi - 1))
         pfns.update(rng.randrange(lo, hi) for _ in range(1000))
     marker_addrs = lab_raw.find(lab_crash.marker.encode())

@@ -4,7 +4,6 @@ serial-console parser, guest config quoting, QEMU command line, raw vmcore reade
 from __future__ import annotations
 
 import gzip
-import io
 import lzma
 import os
 import shutil
@@ -77,7 +76,7 @@ def test_cpio_readable_by_gnu_cpio(tmp_path):
     if tool is None:
         pytest.fail("cpio not installed (apt-get install cpio)", pytrace=False)
     out = subprocess.run([tool, "-itv"], input=_sample_archive().finish(),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True).stdout
+                         capture_output=True, check=True).stdout
     rows = {line.split()[-1] if "->" not in line else line.split()[-3]: line.split()
             for line in out.decode().splitlines()}
     assert rows["dev/console"][0].startswith("c") and rows["dev/console"][4:6] == ["5,", "1"]
@@ -381,6 +380,23 @@ def test_raw_vmcore_reader(tmp_path):
         assert core.find(b"NEEDLE") == [0x102000]
         with pytest.raises(KeyError):
             core.read_phys(0x103000, 1)
+
+
+def test_raw_vmcore_partial_pages(tmp_path):
+    """A RAM segment ending mid-page (as kexec_load's 0x1000-0x9fc00) yields a partial page."""
+    ram = _fake_vmcore(tmp_path / "core")
+    data = bytearray((tmp_path / "core").read_bytes())
+    # shrink the RAM PT_LOAD (third phdr) by 0x400 bytes: page 0x102 becomes partial
+    off = 64 + 2 * 56 + 32
+    filesz, = struct.unpack_from("<Q", data, off)
+    struct.pack_into("<QQ", data, off, filesz - 0x400, filesz - 0x400)
+    (tmp_path / "core").write_bytes(bytes(data))
+    with RawVmcore(tmp_path / "core") as core:
+        assert core.full_page_ranges() == [(0x100, 0x102)]
+        assert core.page_ranges() == [(0x100, 0x103)]
+        assert core.partial_pages() == [0x102]
+        assert core.covered(0x102) == [(0, 0xC00)]
+        assert core.read_phys(0x102000, 0xC00) == ram[0x2000:0x2C00]
 
 
 def test_verify_bit_helpers():

@@ -312,10 +312,8 @@ def _read_lockless(rd: _Reader, log: KernelLog, since_clear: bool) -> None:
     off = _need(vi, "OFFSET", _PRB_OFFSETS)
     size = _need(vi, "SIZE", _PRB_SIZES)
     counter = vi.offset("atomic_long_t.counter") or 0
-    caller_off = vi.offset("printk_info.caller_id")
-    log.has_caller = caller_off is not None
-    w, bo = rd.word, rd.bo
-    id_mask = (1 << (8 * w - 2)) - 1          # DESC_ID_MASK: state in the top two bits
+    log.has_caller = vi.offset("printk_info.caller_id") is not None
+    w = rd.word
 
     prb_addr = rd.read_word(vi.symbol("prb"), "prb")  # type: ignore[arg-type]
     prb = rd.read(prb_addr, size["printk_ringbuffer"], "struct printk_ringbuffer")
@@ -323,131 +321,148 @@ def _read_lockless(rd: _Reader, log: KernelLog, since_clear: bool) -> None:
     tr = off["printk_ringbuffer.text_data_ring"]
     count_bits = rd.unpack("I", prb, dr + off["prb_desc_ring.count_bits"])
     size_bits = rd.unpack("I", prb, tr + off["prb_data_ring.size_bits"])
-    if count_bits > MAX_COUNT_BITS or size_bits > MAX_SIZE_BITS or size_bits < 4:
+    if count_bits > MAX_COUNT_BITS or not 4 <= size_bits <= MAX_SIZE_BITS:
         log.warnings.append(f"printk ringbuffer header is corrupt (count_bits {count_bits}, "
                             f"size_bits {size_bits})")
         return
-    count = 1 << count_bits
-    ring_size = 1 << size_bits
-    descs_addr = rd.word_at(prb, dr + off["prb_desc_ring.descs"])
-    infos_addr = rd.word_at(prb, dr + off["prb_desc_ring.infos"])
-    data_addr = rd.word_at(prb, tr + off["prb_data_ring.data"])
+    count, ring_size = 1 << count_bits, 1 << size_bits
     head = rd.word_at(prb, dr + off["prb_desc_ring.head_id"] + counter)
     tail = rd.word_at(prb, dr + off["prb_desc_ring.tail_id"] + counter)
 
-    desc_size, info_size = size["prb_desc"], size["printk_info"]
-    descs_raw = rd.read(descs_addr, count * desc_size, "prb descriptors")
-    infos_raw = rd.read(infos_addr, count * info_size, "printk_info array")
-    text = rd.read(data_addr, ring_size, "printk text data ring")
+    desc_t, info_t = _prb_dtypes(rd, off, size, counter)
+    descs = np.frombuffer(rd.read(rd.word_at(prb, dr + off["prb_desc_ring.descs"]),
+                                  count * desc_t.itemsize, "prb descriptors"), desc_t)
+    infos = np.frombuffer(rd.read(rd.word_at(prb, dr + off["prb_desc_ring.infos"]),
+                                  count * info_t.itemsize, "printk_info array"), info_t)
+    text = rd.read(rd.word_at(prb, tr + off["prb_data_ring.data"]), ring_size,
+                   "printk text data ring")
 
-    # One structured view per array, fields at VMCOREINFO's offsets.
-    u = f"{bo}u{w}"
+    idx = _live_descriptors(descs, head, tail, w, log)
+    d, inf = descs[idx], infos[idx]
+    blk = _TextBlocks.locate(d["begin"], d["next"], inf["text_len"], size_bits, w)
+    flagbyte = inf["flagbyte"]
+    if rd.bo == "<":   # GCC allocates bit-fields from the least significant bit on LE
+        flags, level = flagbyte & 0x1F, flagbyte >> 5
+    else:
+        flags, level = flagbyte >> 3, flagbyte & 0x7
+    callers = inf["caller"] if log.has_caller else None
+    ctx_fields = [k for k in ("SUBSYSTEM", "DEVICE") if k in info_t.names]
+
+    clear_seq = _clear_seq(rd) if since_clear else None
+    for i in range(len(idx)):
+        seq = int(inf["seq"][i])
+        if clear_seq is not None and seq < clear_seq:
+            continue
+        if blk.bad[i]:
+            log.warnings.append(f"record seq {seq}: text block {int(d['begin'][i]):#x}.."
+                                f"{int(d['next'][i]):#x} is not valid in a {ring_size}-byte "
+                                "ring: skipped")
+            continue
+        if blk.lost[i]:
+            continue  # FAILED_LPOS: the text was lost (the kernel's readers skip it too)
+        if blk.long_text[i]:
+            log.warnings.append(f"record seq {seq}: text_len {int(inf['text_len'][i])} exceeds "
+                                f"its {int(blk.avail[i])}-byte data block: truncated")
+        start = int(blk.start[i])
+        ctx = {k: inf[k][i].decode("latin-1") for k in ctx_fields if inf[k][i]}
+        log.records.append(LogRecord(
+            seq=seq, ts_nsec=int(inf["ts"][i]), level=int(level[i]),
+            facility=int(inf["facility"][i]), flags=int(flags[i]),
+            caller_id=int(callers[i]) if callers is not None else None,
+            text=b"" if blk.dataless[i] else text[start:start + int(blk.length[i])],
+            dataless=bool(blk.dataless[i]), context=ctx))
+
+
+def _prb_dtypes(rd: _Reader, off: dict[str, int], size: dict[str, int],
+                counter: int) -> tuple[np.dtype, np.dtype]:
+    """numpy views of ``struct prb_desc`` and ``struct printk_info`` at VMCOREINFO's
+    offsets (facility and the flags/level byte follow ``text_len``)."""
+    vi, bo = rd.vi, rd.bo
+    u = f"{bo}u{rd.word}"
     lpos = off["prb_desc.text_blk_lpos"]
     desc_t = np.dtype({"names": ["sv", "begin", "next"], "formats": [u, u, u],
                        "offsets": [off["prb_desc.state_var"] + counter,
                                    lpos + off["prb_data_blk_lpos.begin"],
                                    lpos + off["prb_data_blk_lpos.next"]],
-                       "itemsize": desc_size})
+                       "itemsize": size["prb_desc"]})
     tl = off["printk_info.text_len"]
-    names = ["seq", "ts", "text_len", "facility", "flagbyte"]
-    formats: list[object] = [f"{bo}u8", f"{bo}u8", f"{bo}u2", "u1", "u1"]
-    offsets = [off["printk_info.seq"], off["printk_info.ts_nsec"], tl, tl + 2, tl + 3]
-    if caller_off is not None:
-        names.append("caller")
-        formats.append(f"{bo}u4")
-        offsets.append(caller_off)
+    fields: list[tuple[str, str, int]] = [
+        ("seq", f"{bo}u8", off["printk_info.seq"]), ("ts", f"{bo}u8", off["printk_info.ts_nsec"]),
+        ("text_len", f"{bo}u2", tl), ("facility", "u1", tl + 2), ("flagbyte", "u1", tl + 3)]
+    caller = vi.offset("printk_info.caller_id")
+    if caller is not None:
+        fields.append(("caller", f"{bo}u4", caller))
     dev = vi.offset("printk_info.dev_info")
     for key, member, length in (("SUBSYSTEM", "subsystem", "printk_info_subsystem"),
                                 ("DEVICE", "device", "printk_info_device")):
         moff, mlen = vi.offset(f"dev_printk_info.{member}"), vi.length(length)
         if dev is not None and moff is not None and mlen:
-            names.append(key)
-            formats.append(f"S{mlen}")
-            offsets.append(dev + moff)
-    info_t = np.dtype({"names": names, "formats": formats, "offsets": offsets,
-                       "itemsize": info_size})
-    descs = np.frombuffer(descs_raw, dtype=desc_t)
-    infos = np.frombuffer(infos_raw, dtype=info_t)
+            fields.append((key, f"S{mlen}", dev + moff))
+    info_t = np.dtype({"names": [f[0] for f in fields], "formats": [f[1] for f in fields],
+                       "offsets": [f[2] for f in fields], "itemsize": size["printk_info"]})
+    return desc_t, info_t
 
-    # ids tail..head inclusive (ids wrap within DESC_ID_MASK)
+
+def _live_descriptors(descs: np.ndarray, head: int, tail: int, word: int,
+                      log: KernelLog) -> np.ndarray:
+    """Indexes of the descriptors of ids ``tail..head`` (ids count modulo DESC_ID_MASK)
+    that hold that id and are committed or finalized, oldest first."""
+    count = len(descs)
+    shift = 8 * word - 2
+    id_mask = (1 << shift) - 1          # DESC_ID_MASK: the state is in the top two bits
     span = ((head - tail) & id_mask) + 1
     if span > count:
         log.warnings.append(f"printk ringbuffer tail_id {tail:#x} .. head_id {head:#x} spans "
                             f"{span} ids, more than its {count} descriptors: reading only "
                             f"the last {count}")
-        tail = (head - count + 1) & id_mask
-        span = count
+        tail, span = (head - count + 1) & id_mask, count
     ids = (np.uint64(tail) + np.arange(span, dtype=np.uint64)) & np.uint64(id_mask)
     idx = (ids & np.uint64(count - 1)).astype(np.intp)
-    d = descs[idx]
-    sv = d["sv"].astype(np.uint64)
-    state = sv >> np.uint64(8 * w - 2)
-    live = ((sv & np.uint64(id_mask)) == ids) & ((state == DESC_COMMITTED) | (state == DESC_FINALIZED))
-    idx, d = idx[live], d[live]
-    inf = infos[idx]
+    sv = descs["sv"][idx].astype(np.uint64)
+    state = sv >> np.uint64(shift)
+    readable = (state == DESC_COMMITTED) | (state == DESC_FINALIZED)
+    live = ((sv & np.uint64(id_mask)) == ids) & readable
+    return idx[live]
 
-    begin = d["begin"].astype(np.uint64)
-    nxt = d["next"].astype(np.uint64)
-    smask = np.uint64(ring_size - 1)
-    one = np.uint64(1)
-    dataless = ((begin & one) == one) & ((nxt & one) == one)
-    empty_line = (begin == EMPTY_LINE_LPOS) & (nxt == EMPTY_LINE_LPOS)
-    b = begin & smask
-    # kernel get_data(): the block wraps when begin and next-1 lie in different wraps;
-    # a wrapped block's data sits at offset 0 up to next.
-    end = ((nxt - one) & smask) + one
-    wrapped = b >= end
-    start = np.where(wrapped, np.uint64(0), b) + np.uint64(w)
-    avail = end.astype(np.int64) - start.astype(np.int64)
-    misaligned = ((begin | nxt) & np.uint64(w - 1)) != 0
-    # kernel get_data(): begin and next-1 lie in the same wrap (regular block) or in
-    # consecutive wraps (wrapped block); anything else is an illegal block description.
-    # (positions are unsigned longs and wrap around, as does their wrap count)
-    sb = np.uint64(size_bits)
-    wmask = np.uint64((1 << (8 * w)) - 1)
-    wraps = ((((nxt - one) & wmask) >> sb) - (begin >> sb)) & np.uint64((1 << (8 * w - size_bits)) - 1)
-    illegal = np.where(wrapped, wraps != one, wraps != np.uint64(0))
-    bad = ~dataless & (misaligned | illegal | (avail < 0))
-    text_len = inf["text_len"].astype(np.int64)
-    long_text = ~dataless & ~bad & (text_len > avail)
-    length = np.minimum(text_len, np.maximum(avail, 0))
-    flagbyte = inf["flagbyte"]
-    if bo == "<":   # GCC allocates bit-fields from the least significant bit on LE
-        flags, level = flagbyte & 0x1F, flagbyte >> 5
-    else:
-        flags, level = flagbyte >> 3, flagbyte & 0x7
 
-    clear_seq = _clear_seq(rd) if since_clear else None
-    seqs = inf["seq"]
-    ctx_fields = [k for k in ("SUBSYSTEM", "DEVICE") if k in names]
-    for i in range(len(idx)):
-        seq = int(seqs[i])
-        if clear_seq is not None and seq < clear_seq:
-            continue
-        if bad[i]:
-            log.warnings.append(f"record seq {seq}: text block {int(begin[i]):#x}..{int(nxt[i]):#x} "
-                                f"is not valid in a {ring_size}-byte ring: skipped")
-            continue
-        if dataless[i] and not empty_line[i]:
-            continue  # FAILED_LPOS: the text was lost (the kernel's readers skip it too)
-        if long_text[i]:
-            log.warnings.append(f"record seq {seq}: text_len {int(text_len[i])} exceeds its "
-                                f"{int(avail[i])}-byte data block: truncated")
-        if dataless[i]:
-            body = b""
-        else:
-            s = int(start[i])
-            body = text[s:s + int(length[i])]
-        ctx = {}
-        for k in ctx_fields:
-            v = inf[k][i]
-            if v:
-                ctx[k] = v.decode("latin-1")
-        log.records.append(LogRecord(
-            seq=seq, ts_nsec=int(inf["ts"][i]), level=int(level[i]),
-            facility=int(inf["facility"][i]), flags=int(flags[i]),
-            caller_id=int(inf["caller"][i]) if caller_off is not None else None,
-            text=body, dataless=bool(dataless[i]), context=ctx))
+@dataclass
+class _TextBlocks:
+    """Where each record's text lies in the text ring (vectorised ``get_data()``)."""
+
+    start: np.ndarray        # ring offset of the text (after the block's id word)
+    length: np.ndarray       # bytes of text to take
+    avail: np.ndarray        # bytes the block holds after its id
+    dataless: np.ndarray     # EMPTY_LINE_LPOS / FAILED_LPOS
+    lost: np.ndarray         # data-less and not an empty line
+    bad: np.ndarray          # illegal block description
+    long_text: np.ndarray    # text_len larger than the block
+
+    @classmethod
+    def locate(cls, begin: np.ndarray, nxt: np.ndarray, text_len: np.ndarray,
+               size_bits: int, word: int) -> "_TextBlocks":
+        begin, nxt = begin.astype(np.uint64), nxt.astype(np.uint64)
+        one = np.uint64(1)
+        smask = np.uint64((1 << size_bits) - 1)
+        dataless = ((begin & one) == one) & ((nxt & one) == one)
+        empty_line = (begin == EMPTY_LINE_LPOS) & (nxt == EMPTY_LINE_LPOS)
+        # A block wraps when begin and next-1 lie in different wraps of the ring; its data
+        # then sits at offset 0 up to next. Positions are unsigned longs that wrap around,
+        # and so does their wrap count; any other relation is an illegal block description.
+        b = begin & smask
+        end = ((nxt - one) & smask) + one
+        wrapped = b >= end
+        wmask = np.uint64((1 << (8 * word)) - 1)
+        wraps = ((((nxt - one) & wmask) >> np.uint64(size_bits)) - (begin >> np.uint64(size_bits))
+                 ) & np.uint64((1 << (8 * word - size_bits)) - 1)
+        illegal = np.where(wrapped, wraps != one, wraps != np.uint64(0))
+        start = np.where(wrapped, np.uint64(0), b) + np.uint64(word)
+        avail = end.astype(np.int64) - start.astype(np.int64)
+        misaligned = ((begin | nxt) & np.uint64(word - 1)) != 0
+        bad = ~dataless & (misaligned | illegal | (avail < 0))
+        tl = text_len.astype(np.int64)
+        return cls(start=start, length=np.minimum(tl, np.maximum(avail, 0)), avail=avail,
+                   dataless=dataless, lost=dataless & ~empty_line, bad=bad,
+                   long_text=~dataless & ~bad & (tl > avail))
 
 
 def _clear_seq(rd: _Reader) -> int | None:
@@ -480,7 +495,9 @@ def _read_records(rd: _Reader, log: KernelLog, since_clear: bool) -> None:
     o_fac = (o_dict if o_dict is not None else o_tl + 2) + 2
     o_caller = vi.offset(f"{st}.caller_id")
     log.has_caller = o_caller is not None
-    first_sym = vi.symbol("clear_idx") if since_clear and vi.symbol("clear_idx") else vi.symbol("log_first_idx")
+    first_sym = vi.symbol("log_first_idx")
+    if since_clear and vi.symbol("clear_idx") is not None:
+        first_sym = vi.symbol("clear_idx")
     next_sym = vi.symbol("log_next_idx")
     if first_sym is None or next_sym is None:
         raise KdumpyError("VMCOREINFO lacks SYMBOL(log_first_idx) or SYMBOL(log_next_idx): "
@@ -590,5 +607,7 @@ def _read_char_ring(rd: _Reader, log: KernelLog, since_clear: bool) -> None:
             if line:
                 log.records.append(LogRecord(n, 0, 4, 0, 0, None, line))
             continue
-        ts = int(m.group(2)) * 1_000_000_000 + int(m.group(3).ljust(9, b"0")[:9]) if m.group(2) else 0
+        ts = 0
+        if m.group(2):
+            ts = int(m.group(2)) * 1_000_000_000 + int(m.group(3).ljust(9, b"0")[:9])
         log.records.append(LogRecord(n, ts, int(m.group(1)), 0, 0, None, m.group(4)))

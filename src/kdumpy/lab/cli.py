@@ -1,4 +1,4 @@
-"""Command line of the lab: ``kdumpy lab {run,kernels,clean,show}``.
+"""Command line of the lab: ``kdumpy lab {run,kernels,show,verify,clean}``.
 
 ``run`` is the demo: it needs no installation beyond the Debian packages (qemu-system-x86,
 busybox-static, kexec-tools, makedumpfile, kmod) and prints each phase's timing.
@@ -67,7 +67,8 @@ def summary(run: CrashRun) -> str:
                  f"{meta.get('save_min_mem_available_kb')} kB")
     mi = meta.get("meminfo", {})
     lines.append(f"   first kernel at crash: MemTotal {mi.get('MemTotal')} kB, MemFree "
-                 f"{mi.get('MemFree')} kB, Shmem {mi.get('Shmem')} kB, Cached {mi.get('Cached')} kB")
+                 f"{mi.get('MemFree')} kB, Shmem {mi.get('Shmem')} kB, "
+                 f"Cached {mi.get('Cached')} kB")
     lines.append(f"   marker: {meta['marker']}; vmcore {meta['vmcore_size']:,} B")
     art = meta["artifacts"]
     for name in ("raw_vmcore", "kdumpy_dump", "makedumpfile_flat"):
@@ -137,6 +138,36 @@ def cmd_show(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import compare_dump, dmesg_with_makedumpfile
+    from .vmcore import RawVmcore
+
+    status = 0
+    panic = b"Kernel panic - not syncing: sysrq triggered crash"
+    for release in args.release or cached_releases():
+        for directory in sorted((cache_root() / release).glob("crash-*")):
+            run = load_complete(directory) if directory.is_dir() else None
+            if run is None:
+                continue
+            meta = run.meta
+            marker = meta["marker"].encode()
+            with RawVmcore(meta["artifacts"]["raw_vmcore"]) as raw:
+                for name, level1 in (("kdumpy_dump", True), ("makedumpfile_flat", False)):
+                    result = compare_dump(meta["artifacts"][name], raw, level1=level1,
+                                          needles=(marker, panic))
+                    hits = all(result.found[n] for n in (marker, panic))
+                    good = result.ok and hits
+                    status |= 0 if good else 1
+                    print(f"{release} {directory.name} {name}: {'OK' if good else 'FAILED'}: "
+                          f"{result.describe()}; marker+panic found: {hits}")
+            log = dmesg_with_makedumpfile(meta["artifacts"]["raw_vmcore"])
+            good = meta["marker"] in log and "sysrq triggered crash" in log
+            status |= 0 if good else 1
+            print(f"{release} {directory.name} raw kernel log (makedumpfile --dump-dmesg): "
+                  f"{'OK' if good else 'FAILED'}")
+    return status
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
     root = cache_root()
     if args.runs:
@@ -175,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print the summary of cached runs")
     show.add_argument("release", nargs="*")
     show.set_defaults(func=cmd_show)
+    verify = sub.add_parser("verify", help="compare cached runs' dumps with the raw vmcore")
+    verify.add_argument("release", nargs="*")
+    verify.set_defaults(func=cmd_verify)
     clean = sub.add_parser("clean", help="delete the lab cache")
     clean.add_argument("--runs", action="store_true", help="only crash runs, keep kernels")
     clean.set_defaults(func=cmd_clean)

@@ -97,7 +97,8 @@ load_modules() {
 mount_shares() {
     mkdir -p /out /host || return 1
     mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none labout /out || return 2
-    mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=loose,ro hostroot /host || return 3
+    mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=loose,ro hostroot /host \
+        || return 3
     [ -f /out/lab-config.sh ] || return 4
     . /out/lab-config.sh || return 5
     mount -t proc proc /host/proc || return 6
@@ -200,7 +201,8 @@ first() {
 
 # ---------------------------------------------------------------- capture kernel
 memwatch_start() {
-    ( while :; do awk '/^MemAvailable:/ {print $2}' /proc/meminfo; sleep 0.5; done ) > /tmp/memwatch &
+    ( while :; do awk '/^MemAvailable:/ {print $2}' /proc/meminfo; sleep 0.5; done ) \
+        > /tmp/memwatch &
     memwatch=$!
 }
 memwatch_stop() {

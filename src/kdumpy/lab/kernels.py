@@ -100,7 +100,7 @@ def parse_policy(text: str) -> dict[str, str]:
     return result
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def apt_candidates(series: Series) -> list[Candidate]:
     """Installable packages of ``series`` known to apt, newest release first.
 

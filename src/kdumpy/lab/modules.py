@@ -145,7 +145,8 @@ def run_depmod(root: Path, release: str) -> Path:
 
 def module_dir(root: Path, release: str) -> Path:
     """``ROOT/lib/modules/RELEASE`` (Debian 12 packages use /lib, later ones /usr/lib)."""
-    for candidate in (root / "lib" / "modules" / release, root / "usr" / "lib" / "modules" / release):
+    for candidate in (root / "lib" / "modules" / release,
+                      root / "usr" / "lib" / "modules" / release):
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"no lib/modules/{release} under {root}")

@@ -24,13 +24,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import secrets
 import shlex
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,11 @@ Log = Callable[[str], None]
 #: Bumped whenever the guest protocol or artifact layout changes (invalidates cached runs).
 LAB_FORMAT = 1
 
-#: Seconds allowed for each wait (multiplied by ``KDUMPY_LAB_TIMEOUT_SCALE``). TCG figures on
-#: the 2-core build machines are ~7 s to /init, ~2 s kexec load, ~9 s fill, ~7 s to capture
-#: /init, ~16 s raw copy of 1 GiB, ~3 s makedumpfile; the limits leave a wide margin.
+#: Seconds allowed for each wait (multiplied by ``KDUMPY_LAB_TIMEOUT_SCALE``). Measured under
+#: TCG on the 2-core build machines: 3-8 s to /init, 1-2 s kexec load, 3-6 s fill, 4-9 s from
+#: the crash to the capture /init, 5-7 s raw copy of ~900 MB, 1.5-6 s makedumpfile, 11-18 s
+#: kdumpy save; the limits leave a wide margin. A save that thrashes in a too-small capture
+#: kernel is cut off by ``kdumpy_save``.
 TIMEOUTS: dict[str, float] = {
     "boot": 240, "step": 120, "kexec_load": 180, "fill": 300, "crash_now": 120,
     "capture_boot": 300, "raw_copy": 600, "makedumpfile": 600, "kdumpy_save": 900,
@@ -57,8 +60,10 @@ TIMEOUTS: dict[str, float] = {
 }
 
 DEFAULT_CRASHKERNEL = "256M"
-#: Smallest reservation found to still capture with both kernels (see report in the docs of
-#: :mod:`kdumpy.lab`); tests use it as the second case.
+#: The second, smaller reservation the tests use. Measured with a 1 GiB guest: 96M and 112M
+#: fail on 6.1 (kdumpy save OOM-killed; capture kernel `free -m` total 45 / 59 MiB), 128M is
+#: the smallest that captured on both kernels (save's lowest MemAvailable 21 MiB on 6.1,
+#: 26 MiB on 6.12), 160M leaves ~52-58 MiB spare and is used here.
 SMALL_CRASHKERNEL = "160M"
 
 CAPTURE_APPEND = "console=ttyS0 irqpoll nr_cpus=1 reset_devices panic=1"
@@ -270,7 +275,7 @@ class _Watch:
                 raise self._fail(f"timed out after {limit:.0f} s waiting for {what}")
             try:
                 item = self.capture.queue.get(timeout=min(remaining, 1.0))
-            except Exception:  # queue.Empty
+            except queue.Empty:
                 continue
             if item is None:
                 self.proc.wait()
@@ -306,7 +311,7 @@ class _Watch:
         return end
 
     def linux_version(self, limit: float, what: str) -> float:
-        line, _ = self.until(what, lambda l, _e: LINUX_VERSION_RE.search(l.text) is not None,
+        line, _ = self.until(what, lambda ln, _e: LINUX_VERSION_RE.search(ln.text) is not None,
                              limit)
         return line.t
 
@@ -314,12 +319,12 @@ class _Watch:
         try:
             while self.capture.queue.get(timeout=limit) is not None:
                 pass
-        except Exception:
+        except queue.Empty:
             pass
         try:
             rc = self.proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
-            raise self._fail(f"QEMU did not exit within {limit:.0f} s after the capture")
+            raise self._fail(f"QEMU did not exit within {limit:.0f} s after the capture") from None
         self.exited_at = time.monotonic() - self.started
         return rc
 

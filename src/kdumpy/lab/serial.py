@@ -151,7 +151,7 @@ def parse_free(lines: Iterable[str]) -> dict[str, int]:
         if words[0] == "total":
             header = words
         elif words[0] == "Mem:" and header:
-            return {name: int(value) for name, value in zip(header, words[1:])}
+            return {name: int(value) for name, value in zip(header, words[1:], strict=False)}
     return {}
 
 

@@ -103,10 +103,49 @@ class RawVmcore:
         """PT_LOADs of the direct-mapped RAM (the kernel-text alias excluded)."""
         return [s for s in self.segments if s.vaddr < 0xFFFFFFFF80000000]
 
-    def page_ranges(self) -> list[tuple[int, int]]:
-        """Half-open PFN ranges covered by RAM segments (whole pages only)."""
+    def full_page_ranges(self) -> list[tuple[int, int]]:
+        """Half-open PFN ranges of pages lying wholly inside one RAM segment."""
         ps = self.page_size
-        return [(-(-s.paddr // ps), (s.paddr + s.size) // ps) for s in self.ram_segments()]
+        out = [(-(-s.paddr // ps), (s.paddr + s.size) // ps) for s in self.ram_segments()]
+        return [(lo, hi) for lo, hi in out if lo < hi]
+
+    def page_ranges(self) -> list[tuple[int, int]]:
+        """Half-open, merged PFN ranges of pages with at least one byte in a RAM segment.
+
+        With kexec_load (not kexec_file_load) the first segment ends mid-page
+        (e.g. 0x1000-0x9fc00), so its last page is only partly in the dump.
+        """
+        ps = self.page_size
+        spans = sorted((s.paddr // ps, -(-(s.paddr + s.size) // ps)) for s in self.ram_segments())
+        merged: list[tuple[int, int]] = []
+        for lo, hi in spans:
+            if merged and lo <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+            else:
+                merged.append((lo, hi))
+        return merged
+
+    def partial_pages(self) -> list[int]:
+        """PFNs in :meth:`page_ranges` that are not wholly inside one RAM segment."""
+        ps = self.page_size
+        full = self.full_page_ranges()
+        out: list[int] = []
+        for seg in self.ram_segments():
+            for pfn in (seg.paddr // ps, (seg.paddr + seg.size - 1) // ps):
+                if not any(a <= pfn < b for a, b in full) and pfn not in out:
+                    out.append(pfn)
+        return sorted(out)
+
+    def covered(self, pfn: int) -> list[tuple[int, int]]:
+        """Byte intervals (offsets within the page) of ``pfn`` that RAM segments hold."""
+        ps = self.page_size
+        start, end = pfn * ps, (pfn + 1) * ps
+        out = []
+        for seg in self.ram_segments():
+            lo, hi = max(start, seg.paddr), min(end, seg.paddr + seg.size)
+            if lo < hi:
+                out.append((lo - start, hi - start))
+        return sorted(out)
 
     def offset_of(self, paddr: int) -> int | None:
         """File offset of physical address ``paddr``, or None if it is not in the dump."""
