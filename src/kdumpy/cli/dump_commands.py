@@ -1,8 +1,4 @@
-"""kdumpy's command line: argument parsing, progress and exit codes; no logic of its own.
-
-Exit status: 0 success, 1 a reported error (one line on stderr, no traceback),
-2 bad usage (argparse).
-"""
+"""``kdumpy save``, ``info``, ``convert``: the dump commands."""
 
 from __future__ import annotations
 
@@ -11,9 +7,8 @@ import errno
 import json
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any
 
-from kdumpy import __version__
 from kdumpy.errors import KdumpyError
 
 DEFAULT_VMCORE = "/proc/vmcore"
@@ -31,49 +26,6 @@ def _add_output_options(p: argparse.ArgumentParser, *, default_compress: str | N
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="compression threads (default: usable CPUs)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kdumpy", description="The Linux kdump userspace: save, convert and read crash dumps.")
-    parser.add_argument("--version", action="version", version=f"kdumpy {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("save", help="save a crash dump (in the capture kernel: from /proc/vmcore)",
-                       description="Save SRC (default /proc/vmcore) to DEST, dropping pages by "
-                                   "dump level; DEST '-' streams the flattened format to stdout.")
-    p.add_argument("-d", "--dump-level", default="31", metavar="LEVEL[,LEVEL...]",
-                   help="pages to drop, makedumpfile's bits: 1 zero, 2 page cache, 4 private "
-                        "cache, 8 user, 16 free (default: %(default)s); a list is tried in turn "
-                        "when the target fills up")
-    p.add_argument("--allow-partial-filter", action="store_true",
-                   help="skip a dump level the kernel's VMCOREINFO cannot support, instead of "
-                        "failing")
-    _add_output_options(p, default_compress=None)
-    p.add_argument("paths", nargs="+", metavar="[SRC] DEST")
-    p.set_defaults(func=cmd_save)
-
-    p = sub.add_parser("info", help="describe a dump (any format, or a split set)")
-    p.add_argument("dumps", nargs="+", metavar="DUMP")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_info)
-
-    p = sub.add_parser("convert", help="convert between dump formats; reassemble flattened "
-                                       "streams ('-' reads stdin) and split sets",
-                       description="With a flattened SRC and no --format/--compress, DEST is the "
-                                   "reassembled file (makedumpfile -R). Several SRCs are a split "
-                                   "set joined into one DEST.")
-    p.add_argument("-d", "--dump-level", type=int, default=None, metavar="LEVEL",
-                   help="additionally drop pages (makedumpfile's bits, as for save)")
-    _add_output_options(p, default_compress=None)
-    p.add_argument("paths", nargs="+", metavar="SRC... DEST")
-    p.set_defaults(func=cmd_convert)
-
-    p = sub.add_parser("lab", help="the QEMU crash lab: boot real Debian kernels, crash, capture",
-                       add_help=False)
-    p.add_argument("args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_lab)
-    return parser
 
 
 def _progress(total: int, page_size: int, quiet: bool, label: str):
@@ -237,30 +189,35 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_lab(args: argparse.Namespace) -> int:
-    from kdumpy import lab
-    return lab.main(list(args.args))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KdumpyError as exc:
-        print(f"kdumpy: {exc}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        print("kdumpy: output closed early (broken pipe)", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        name = f"{exc.filename}: " if exc.filename else ""
-        print(f"kdumpy: {name}{exc.strerror or exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("kdumpy: interrupted", file=sys.stderr)
-        return 130
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("save", help="save a crash dump (in the capture kernel: from /proc/vmcore)",
+                       description="Save SRC (default /proc/vmcore) to DEST, dropping pages by "
+                                   "dump level; DEST '-' streams the flattened format to stdout.")
+    p.add_argument("-d", "--dump-level", default="31", metavar="LEVEL[,LEVEL...]",
+                   help="pages to drop, makedumpfile's bits: 1 zero, 2 page cache, 4 private "
+                        "cache, 8 user, 16 free (default: %(default)s); a list is tried in turn "
+                        "when the target fills up")
+    p.add_argument("--allow-partial-filter", action="store_true",
+                   help="skip a dump level the kernel's VMCOREINFO cannot support, instead of "
+                        "failing")
+    _add_output_options(p, default_compress=None)
+    p.add_argument("paths", nargs="+", metavar="[SRC] DEST")
+    p.set_defaults(func=cmd_save)
 
+    p = sub.add_parser("info", help="describe a dump (any format, or a split set)")
+    p.add_argument("dumps", nargs="+", metavar="DUMP")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)
 
-if __name__ == "__main__":
-    sys.exit(main())
+    p = sub.add_parser("convert", help="convert between dump formats; reassemble flattened "
+                                       "streams ('-' reads stdin) and split sets",
+                       description="With a flattened SRC and no --format/--compress, DEST is the "
+                                   "reassembled file (makedumpfile -R). Several SRCs are a split "
+                                   "set joined into one DEST.")
+    p.add_argument("-d", "--dump-level", type=int, default=None, metavar="LEVEL",
+                   help="additionally drop pages (makedumpfile's bits, as for save)")
+    _add_output_options(p, default_compress=None)
+    p.add_argument("paths", nargs="+", metavar="SRC... DEST")
+    p.set_defaults(func=cmd_convert)
