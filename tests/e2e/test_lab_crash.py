@@ -82,7 +82,7 @@ def test_crash_capture(lab_crash, lab_release):
 def test_kdumpy_info_reads_dump(lab_crash, lab_release):
     info = kdumpy_info(lab_crash.kdumpy_dump)
     assert info["format"] == "kdump"
-    assert info["compression"] == "lzo"
+    assert info["compression"] == lab_crash.meta["options"]["compress"]
     assert info["kernel_release"] == lab_release
     assert info["vmcoreinfo"]["OSRELEASE"] == lab_release
     assert info["incomplete"] is False

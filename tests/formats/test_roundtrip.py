@@ -47,6 +47,13 @@ def test_kdump_roundtrip(tmp_path, synth_core, fmt, codec, level):
         assert not mem.incomplete
     assert os.stat(out).st_mode & 0o777 == 0o600
     assert not os.path.exists(out + ".incomplete")
+    # the codec really ran: text pages are stored compressed, with the codec's flag
+    with open(out, "rb") as f:
+        data = f.read()
+    if fmt == "kdump":
+        kf = KdumpFile(data, path=out)
+        flags = set(kf.descs["flags"].tolist())
+        assert flags == ({0} if codec == "none" else {0, CODECS[codec].flag}), flags
 
 
 def test_kdump_layout_matches_makedumpfile_rules(tmp_path, synth_core):

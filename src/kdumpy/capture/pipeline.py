@@ -106,26 +106,34 @@ def _encode_batch(mem: DumpMemory, start: int, count: int, codec: Codec, zero_te
     flags = np.zeros(count, dtype=np.uint32)
     if codec.flag == 0:
         return sizes, flags, zero, pages[~zero].tobytes()
-    parts: list[bytes] = []
+    parts: list[bytes | memoryview] = []
     compress = codec.compress
+    view = memoryview(pages.reshape(-1)).toreadonly()  # read-only slices: no copy per page
+    flag = codec.flag
     for i in np.flatnonzero(~zero).tolist():
-        raw = pages[i].tobytes()
+        raw = view[i * page_size:(i + 1) * page_size]
         try:
             c = compress(raw)
         except Exception:
             c = raw
-        if len(c) < page_size:
+        n = len(c) if not isinstance(c, memoryview) else page_size
+        if n < page_size:
             parts.append(c)
-            sizes[i] = len(c)
-            flags[i] = codec.flag
+            sizes[i] = n
+            flags[i] = flag
         else:
             parts.append(raw)
     return sizes, flags, zero, b"".join(parts)
 
 
-def _ordered(pool: ThreadPoolExecutor, jobs: Iterator[tuple[int, int]], fn: Callable,
+def _ordered(pool: ThreadPoolExecutor | None, jobs: Iterator[tuple[int, int]], fn: Callable,
              window: int) -> Iterator[tuple[tuple[int, int], object]]:
-    """Run ``fn(start, count)`` on the pool, yielding results in submission order."""
+    """Run ``fn(start, count)`` on the pool, yielding results in submission order
+    (inline, without a pool, when there is a single thread)."""
+    if pool is None:
+        for job in jobs:
+            yield job, fn(*job)
+        return
     pending: deque[tuple[tuple[int, int], Future]] = deque()
     for job in jobs:
         pending.append((job, pool.submit(fn, *job)))
@@ -135,6 +143,14 @@ def _ordered(pool: ThreadPoolExecutor, jobs: Iterator[tuple[int, int]], fn: Call
     while pending:
         j, fut = pending.popleft()
         yield j, fut.result()
+
+
+def _pool(threads: int):
+    """A thread pool for ``threads`` > 1; a null context (work runs inline) for one."""
+    import contextlib
+    if threads <= 1:
+        return contextlib.nullcontext(None)
+    return ThreadPoolExecutor(max_workers=threads)
 
 
 def _utsname(mem: DumpMemory) -> dict[str, str]:
@@ -185,7 +201,7 @@ def write_kdump(mem: DumpMemory, sink, opts: SaveOptions, dumpable: np.ndarray,
     zero_pages = 0
     trim = _Trimmer(mem)
     try:
-        with ThreadPoolExecutor(max_workers=max(1, opts.threads)) as pool:
+        with _pool(opts.threads) as pool:
             fn = lambda s, n: _encode_batch(mem, s, n, codec, share_zero, ps)  # noqa: E731
             for (s, n), (sizes, flags, zero, data) in _ordered(
                     pool, _batches(mem, dumpable, opts.batch_pages), fn, opts.threads + 2):
@@ -208,7 +224,7 @@ def write_elf(mem: DumpMemory, sink, opts: SaveOptions, dumpable: np.ndarray,
     zero_pages = 0
     if opts.dump_level & DL_EXCLUDE_ZERO:
         # A pre-pass over the data: ELF has no shared zero page, zero pages are excluded.
-        with ThreadPoolExecutor(max_workers=max(1, opts.threads)) as pool:
+        with _pool(opts.threads) as pool:
             fn = lambda s, n: _zero_mask(mem.read_pfns(s, n))  # noqa: E731
             trim = _Trimmer(mem)
             for (s, n), zero in _ordered(pool, _batches(mem, keep.copy(), opts.batch_pages), fn,
@@ -324,12 +340,9 @@ def save(mem: DumpMemory, make_target, opts: SaveOptions, progress=None) -> Save
         else:
             res = write_kdump(mem, target.sink, opts, filt.dumpable, progress)
         res.path = target.commit()
-    except KeyboardInterrupt:
-        target.abandon()
-        raise
-    except (OSError, KdumpyError) as exc:
+    except BaseException as exc:
         left = target.abandon()
-        if left is None:
+        if left is None or not isinstance(exc, (OSError, KdumpyError)):
             raise
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise DumpIncomplete(f"{left}: dump not finished ({why}); the partial dump is kept "

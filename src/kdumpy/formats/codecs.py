@@ -46,8 +46,11 @@ def _zlib_decompress(data: bytes, page_size: int) -> bytes:
 
 
 def _lzo_compress(page: bytes) -> bytes:
+    global _lzo_compress
     import lzo
-    return lzo.compress(page, 1, False)
+    # python-lzo parses its input with "s#", which refuses memoryviews: hand it bytes.
+    _lzo_compress = lambda p: lzo.compress(bytes(p), 1, False)  # noqa: E731  (bind once)
+    return _lzo_compress(page)
 
 
 def _lzo_decompress(data: bytes, page_size: int) -> bytes:
@@ -92,7 +95,7 @@ def _none(data: bytes, *_: int) -> bytes:
 CODECS: dict[str, Codec] = {
     "none": Codec("none", 0, _none, _none),
     "zlib": Codec("zlib", DUMP_DH_COMPRESSED_ZLIB, lambda p: zlib.compress(p, 1), _zlib_decompress),
-    "lzo": Codec("lzo", DUMP_DH_COMPRESSED_LZO, _lzo_compress, _lzo_decompress),
+    "lzo": Codec("lzo", DUMP_DH_COMPRESSED_LZO, lambda p: _lzo_compress(p), _lzo_decompress),
     "snappy": Codec("snappy", DUMP_DH_COMPRESSED_SNAPPY, _snappy_compress, _snappy_decompress),
     "zstd": Codec("zstd", DUMP_DH_COMPRESSED_ZSTD, _zstd_compress, _zstd_decompress),
 }
