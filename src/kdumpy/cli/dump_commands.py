@@ -82,6 +82,8 @@ def cmd_save(args: argparse.Namespace) -> int:
     fmt = args.format or "kdump"
     compress = args.compress or ("none" if fmt == "elf" else "lzo")
     with open_dump(src) as mem:
+        if dest != "-" and not args.no_dmesg:
+            _save_dmesg(mem, args.dmesg or None, dest, args.force, args.quiet)
         for i, level in enumerate(levels):
             try:
                 return _run_save(mem, dest, fmt=fmt, compress=compress, level=level,
@@ -97,6 +99,25 @@ def cmd_save(args: argparse.Namespace) -> int:
                 print(f"kdumpy: {dest}: no space left at dump level {level}; retrying at "
                       f"level {levels[i + 1]}", file=sys.stderr)
     return 1
+
+
+def _save_dmesg(mem, path: str | None, dest: str, force: bool, quiet: bool) -> None:
+    """The kernel log first, as kdumpctl does: if the dump cannot be finished, the log that
+    explains the crash is already on disk. A log that cannot be read is a warning."""
+    from kdumpy.analysis import format_dmesg, read_kernel_log
+    from kdumpy.capture.files import dmesg_path_for, write_file_atomically
+    target = path or dmesg_path_for(dest)
+    if os.path.lexists(dest) and not force:
+        return  # the dump itself will be refused; leave everything as it is
+    try:
+        log = read_kernel_log(mem)
+        data = format_dmesg(log)
+    except KdumpyError as exc:
+        print(f"kdumpy: warning: no kernel log saved: {exc}", file=sys.stderr)
+        return
+    written = write_file_atomically(target, data, force=force)
+    if not quiet:
+        print(f"kdumpy: wrote {written} ({len(log.records)} log records)", file=sys.stderr)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -202,6 +223,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-partial-filter", action="store_true",
                    help="skip a dump level the kernel's VMCOREINFO cannot support, instead of "
                         "failing")
+    p.add_argument("--dmesg", metavar="PATH", help="where to write the kernel log first "
+                   "(default: dmesg.txt beside DEST, or DEST-dmesg.txt if that exists)")
+    p.add_argument("--no-dmesg", action="store_true", help="do not write the kernel log")
     _add_output_options(p, default_compress=None)
     p.add_argument("paths", nargs="+", metavar="[SRC] DEST")
     p.set_defaults(func=cmd_save)
