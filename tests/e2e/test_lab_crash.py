@@ -185,3 +185,15 @@ def test_lab_covers_6_1_and_6_12():
     releases = default_releases()
     assert [r for r in releases if SERIES["6.1"].release_re.fullmatch(r)], releases
     assert [r for r in releases if SERIES["6.12"].release_re.fullmatch(r)], releases
+
+
+def test_capture_kernel_saved_the_kernel_log_first(lab_crash):
+    """``kdumpy save`` in the capture kernel wrote dmesg.txt beside the dump, before it, and
+    it is the crashed kernel's log: the planted marker and the sysrq panic are in it."""
+    dmesg = lab_crash.kdumpy_dump.parent / "dmesg.txt"
+    assert dmesg.is_file(), "kdumpy save did not write dmesg.txt in the capture kernel"
+    text = dmesg.read_text(errors="replace")
+    assert lab_crash.marker in text
+    assert "Kernel panic - not syncing: sysrq triggered crash" in text
+    assert dmesg.stat().st_mode & 0o777 == 0o600
+    assert dmesg.stat().st_mtime_ns <= lab_crash.kdumpy_dump.stat().st_mtime_ns

@@ -169,6 +169,7 @@ def filter_pages(mem: DumpMemory, level: int, *, allow_partial: bool = False,
         image = []
     first_sec = 0
     last_sec = -(-mem.max_pfn // per)
+    read_since_trim = 0
     for nr in range(first_sec, last_sec):
         pfn0 = nr * per
         n = min(per, mem.max_pfn - pfn0)
@@ -189,6 +190,10 @@ def filter_pages(mem: DumpMemory, level: int, *, allow_partial: bool = False,
                 if protect is None:
                     protect = np.zeros(n, dtype=bool)
                 protect[max(s_, pfn0) - pfn0:min(e_, pfn0 + n) - pfn0] = True
+        read_since_trim += len(raw)
+        if read_since_trim >= 16 << 20:  # struct pages read through the mmap count as RSS
+            mem.trim()
+            read_since_trim = 0
         cls, nr_pages, warns, saved = rules.classify(raw, pfn0, decide, protect)
         result.protected += saved
         result.notes.extend(warns)

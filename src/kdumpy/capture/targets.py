@@ -4,13 +4,30 @@ A local dump is written to ``DEST.incomplete`` (mode 0600, created exclusively s
 is ever overwritten), fsynced and renamed to ``DEST`` only when whole; an existing
 ``DEST`` is kept unless the caller forces. A dump that fails part-way stays as
 ``DEST.incomplete`` with the format's incomplete mark set, as makedumpfile does.
+
+Directories for the capture session (:mod:`kdumpy.capture.session`):
+
+* :class:`LocalDirectory`: a local (or NFS-mounted, see :class:`NfsMount`) directory.
+* :class:`SshDirectory`: a directory on an SSH server, reached with the OpenSSH client
+  (``ssh -o BatchMode=yes ... -- HOST 'COMMAND'``) through argv only. ssh joins the remote
+  command into one string for the remote user's shell, so every remote path in it is
+  quoted with :func:`shlex.quote`. A dump streams makedumpfile's flattened format into
+  ``umask 077 && cat > FILE.incomplete``; only after the local side has sent the end
+  marker and ssh has exited 0 does a second connection ``sync`` and rename it. A broken
+  connection therefore leaves ``.incomplete`` (and a stream without the end marker, which
+  reassembly rejects), never a file that looks complete.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import shlex
+import shutil
+import subprocess
 import sys
+import tempfile
+from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
 from kdumpy.errors import KdumpyError, TargetExistsError
@@ -125,3 +142,342 @@ def _fsync_dir(path: str) -> None:
             raise
     finally:
         os.close(fd)
+
+
+# -- small files and local directories ------------------------------------------------------
+
+def write_file_atomic(path: str, data: bytes) -> str:
+    """Write a small file as ``PATH.incomplete`` (0600, exclusive), fsync, rename to
+    ``PATH``, fsync the directory; return ``path``."""
+    tmp = path + INCOMPLETE_SUFFIX
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path))
+    return path
+
+
+class LocalDirectory:
+    """A dump directory tree on a local or mounted filesystem."""
+
+    remote = False
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+
+    def describe(self, rel: str = "") -> str:
+        return os.path.join(self.path, rel) if rel else self.path
+
+    def check(self) -> None:
+        make_private_dirs(self.path)
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise OSError(errno.EACCES, "not writable", self.path)
+
+    def free_bytes(self) -> int | None:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def exists(self, rel: str) -> bool:
+        return os.path.lexists(os.path.join(self.path, rel))
+
+    def make_dir(self, rel: str) -> None:
+        """Create ``rel`` (0700); it must not exist yet."""
+        os.mkdir(os.path.join(self.path, rel), 0o700)
+        os.chmod(os.path.join(self.path, rel), 0o700)
+
+    def put(self, rel: str, data: bytes) -> str:
+        return write_file_atomic(os.path.join(self.path, rel), data)
+
+    def dump_target(self, rel: str, *, flattened: bool = False) -> LocalTarget:
+        return LocalTarget(os.path.join(self.path, rel), flattened=flattened)
+
+    def discard(self, rel: str) -> None:
+        try:
+            os.unlink(os.path.join(self.path, rel))
+        except FileNotFoundError:
+            pass
+
+    def list_dirs(self) -> list[str]:
+        try:
+            return sorted(e.name for e in os.scandir(self.path)
+                          if e.is_dir(follow_symlinks=False))
+        except FileNotFoundError:
+            return []
+
+    def remove_tree(self, rel: str) -> None:
+        shutil.rmtree(os.path.join(self.path, rel))
+
+
+# -- NFS ------------------------------------------------------------------------------------
+
+RunFn = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+
+
+def run_argv(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=False)
+
+
+class NfsMount:
+    """``mount -t nfs [-o OPTIONS] HOST:/EXPORT MOUNTPOINT`` and its ``umount``, as argv."""
+
+    def __init__(self, source: str, mountpoint: str, options: str | None = None, *,
+                 run: RunFn = run_argv) -> None:
+        self.source = source
+        self.mountpoint = mountpoint
+        self.options = options
+        self.run = run
+        self.mounted_here = False
+
+    def argv(self) -> list[str]:
+        argv = ["mount", "-t", "nfs"]
+        if self.options:
+            argv += ["-o", self.options]
+        return argv + ["--", self.source, self.mountpoint]
+
+    def mount(self) -> None:
+        make_private_dirs(self.mountpoint)
+        if os.path.ismount(self.mountpoint):
+            return
+        proc = self.run(self.argv())
+        if proc.returncode != 0:
+            msg = (proc.stderr or proc.stdout or "").strip().splitlines()
+            raise KdumpyError(f"mount {self.source} on {self.mountpoint} failed (exit "
+                              f"{proc.returncode}){': ' + msg[-1] if msg else ''}")
+        self.mounted_here = True
+
+    def umount(self) -> None:
+        if self.mounted_here:
+            self.run(["umount", "--", self.mountpoint])
+            self.mounted_here = False
+
+
+# -- SSH ------------------------------------------------------------------------------------
+
+q = shlex.quote
+
+
+class SshDirectory:
+    """A dump directory tree on an SSH server (OpenSSH client, argv only).
+
+    ``ssh`` is the client binary; ``options`` extra ``-o`` values (e.g.
+    ``StrictHostKeyChecking=yes``). Remote commands assume a POSIX shell and coreutils or
+    busybox on the server (``mkdir -p``, ``cat``, ``mv``, ``df -P``, ``sync``).
+    """
+
+    remote = True
+
+    def __init__(self, host: str, path: str, *, user: str | None = None,
+                 port: int | None = None, key: str | None = None,
+                 options: Sequence[str] = (), ssh: str = "ssh", timeout: float = 120.0) -> None:
+        if host.startswith("-") or (user or "").startswith("-"):
+            raise KdumpyError(f"ssh: bad host or user name {host!r}")
+        self.host = host
+        self.path = path.rstrip("/") or "/"
+        self.user = user
+        self.port = port
+        self.key = key
+        self.options = list(options)
+        self.ssh = ssh
+        self.timeout = timeout
+
+    def describe(self, rel: str = "") -> str:
+        who = f"{self.user}@{self.host}" if self.user else self.host
+        port = f":{self.port}" if self.port else ""
+        return f"ssh://{who}{port}{self.remote_path(rel)}"
+
+    def remote_path(self, rel: str = "") -> str:
+        return f"{self.path}/{rel}" if rel else self.path
+
+    def argv(self, command: str) -> list[str]:
+        """The ssh argv running ``command`` (already quoted) on the server."""
+        argv = [self.ssh, "-o", "BatchMode=yes", "-o", "ConnectTimeout=30",
+                "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
+        if self.key:
+            argv += ["-i", self.key, "-o", "IdentitiesOnly=yes"]
+        if self.port:
+            argv += ["-p", str(self.port)]
+        for opt in self.options:
+            argv += ["-o", opt]
+        if self.user:
+            argv += ["-l", self.user]
+        return argv + ["--", self.host, command]
+
+    def run(self, command: str, what: str) -> str:
+        try:
+            proc = subprocess.run(self.argv(command), stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True, timeout=self.timeout,
+                                  check=False)
+        except FileNotFoundError:
+            raise KdumpyError(f"{self.ssh}: not found (install openssh-client)") from None
+        except subprocess.TimeoutExpired:
+            raise OSError(errno.ETIMEDOUT, f"ssh {what}: no answer from {self.host} in "
+                                           f"{self.timeout:.0f} s") from None
+        if proc.returncode != 0:
+            raise _ssh_error(proc.returncode, proc.stderr, f"{self.describe()}: {what}")
+        return proc.stdout
+
+    def check(self) -> None:
+        p = q(self.remote_path())
+        self.run(f"umask 077 && mkdir -p -- {p} && test -w {p}", "mkdir")
+
+    def free_bytes(self) -> int | None:
+        try:
+            out = self.run(f"df -Pk -- {q(self.remote_path())}", "df")
+        except (OSError, KdumpyError):
+            return None
+        lines = out.strip().splitlines()
+        fields = lines[-1].split() if len(lines) >= 2 else []
+        return int(fields[3]) * 1024 if len(fields) >= 4 and fields[3].isdigit() else None
+
+    def exists(self, rel: str) -> bool:
+        try:
+            self.run(f"test -e {q(self.remote_path(rel))}", "test")
+        except OSError:
+            return False
+        return True
+
+    def make_dir(self, rel: str) -> None:
+        self.run(f"umask 077 && mkdir -- {q(self.remote_path(rel))}", "mkdir")
+
+    def put(self, rel: str, data: bytes) -> str:
+        final = self.remote_path(rel)
+        tmp = final + INCOMPLETE_SUFFIX
+        try:
+            proc = subprocess.run(self.argv(f"umask 077 && cat > {q(tmp)}"), input=data,
+                                  capture_output=True, timeout=self.timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise OSError(errno.ETIMEDOUT, f"ssh: writing {tmp} timed out") from None
+        if proc.returncode != 0:
+            raise _ssh_error(proc.returncode, proc.stderr.decode("utf-8", "replace"),
+                             f"{self.describe(rel)}")
+        self.finish(tmp, final)
+        return self.describe(rel)
+
+    def finish(self, tmp: str, final: str) -> None:
+        """fsync and rename a completed remote file into place."""
+        self.run(f"{{ sync -- {q(tmp)} 2>/dev/null || sync; }} && mv -- {q(tmp)} {q(final)}",
+                 "rename")
+
+    def dump_target(self, rel: str, *, flattened: bool = True) -> SshTarget:
+        return SshTarget(self, rel)
+
+    def discard(self, rel: str) -> None:
+        try:
+            self.run(f"rm -f -- {q(self.remote_path(rel))}", "rm")
+        except (OSError, KdumpyError):
+            pass
+
+    def list_dirs(self) -> list[str]:
+        return []   # retention is for local and NFS targets only
+
+    def remove_tree(self, rel: str) -> None:
+        raise KdumpyError("ssh: removing remote dumps is not supported")
+
+
+def _ssh_error(rc: int, stderr: str, what: str) -> OSError:
+    """An OSError for a failed remote command: ENOSPC when the server said so."""
+    lines = [ln for ln in (stderr or "").strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
+    if "No space left on device" in (stderr or ""):
+        return OSError(errno.ENOSPC, f"{what}: no space left on the server ({last})")
+    if rc == 255:
+        return OSError(errno.ECONNABORTED, f"{what}: ssh failed: {last or 'connection lost'}")
+    return OSError(errno.EIO, f"{what}: remote command failed (exit {rc}){': ' + last if last else ''}")
+
+
+class _SshPipe:
+    """The ssh client's stdin as a stream for :class:`FlatSink`; a broken pipe becomes the
+    remote side's reason (ENOSPC, lost connection)."""
+
+    def __init__(self, target: SshTarget) -> None:
+        self.target = target
+
+    def write(self, data: bytes | memoryview) -> int:
+        try:
+            return self.target.proc.stdin.write(data)  # type: ignore[union-attr]
+        except (BrokenPipeError, ValueError):
+            raise self.target.failure() from None
+
+    def flush(self) -> None:
+        try:
+            self.target.proc.stdin.flush()  # type: ignore[union-attr]
+        except (BrokenPipeError, ValueError):
+            raise self.target.failure() from None
+
+
+class SshTarget:
+    """One flattened dump streamed to ``REL.incomplete`` on the server, renamed on commit."""
+
+    def __init__(self, directory: SshDirectory, rel: str) -> None:
+        self.directory = directory
+        self.final = directory.remote_path(rel)
+        self.tmp = self.final + INCOMPLETE_SUFFIX
+        self.dest = directory.describe(rel)
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the ssh process
+        try:
+            self.proc = subprocess.Popen(
+                directory.argv(f"umask 077 && cat > {q(self.tmp)}"), stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL, stderr=self._stderr, bufsize=1 << 20)
+        except FileNotFoundError:
+            self._stderr.close()
+            raise KdumpyError(f"{directory.ssh}: not found (install openssh-client)") from None
+        self.sink = FlatSink(_SshPipe(self))  # type: ignore[arg-type]
+
+    def failure(self) -> OSError:
+        """Why the stream broke, once ssh has exited (killed after 30 s if it hangs)."""
+        try:
+            rc = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self._stderr.seek(0)
+        err = self._stderr.read().decode("utf-8", "replace")
+        return _ssh_error(rc if rc is not None else 255, err or "connection lost",
+                          self.directory.describe())
+
+    def commit(self) -> str:
+        """End marker, close, wait for ssh; rename remotely only if all of that succeeded."""
+        self.sink.close()
+        try:
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        except BrokenPipeError:
+            raise self.failure() from None
+        try:
+            rc = self.proc.wait(timeout=self.directory.timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise OSError(errno.ETIMEDOUT, f"{self.dest}: ssh did not finish") from None
+        if rc != 0:
+            raise self.failure()
+        self._stderr.close()
+        self.directory.finish(self.tmp, self.final)
+        return self.dest
+
+    def abandon(self) -> str | None:
+        """Stop the stream; the server keeps ``.incomplete`` (no end marker)."""
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()  # type: ignore[union-attr]
+            except (BrokenPipeError, OSError, ValueError):
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._stderr.close()
+        return self.directory.describe() + self.tmp[len(self.directory.path):]

@@ -15,6 +15,7 @@ Protocol on the serial console (parsed by :mod:`kdumpy.lab.serial`), one event p
     KDUMPY-LAB crash-now up=<uptime>
     KDUMPY-LAB capture-done up=<uptime>
     KDUMPY-LAB fail <step> rc=<n> up=<uptime>
+    KDUMPY-LAB idle up=<uptime>        (LAB_IDLE=1: the first kernel waits, see guest_dump)
 
 Facts the script relies on:
 
@@ -189,6 +190,11 @@ snapshot() {
 
 first() {
     echo 1 > /proc/sys/kernel/sysrq
+    if [ "${LAB_IDLE:-0}" = 1 ]; then
+        # kdumpy.lab.guest_dump: stay up for QEMU's dump-guest-memory
+        say idle up=$(uptime_s)
+        while :; do sleep 3600; done
+    fi
     must kexec_load kexec_load
     must fill fill_memory
     snapshot

@@ -116,13 +116,18 @@ def project_src() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+#: Parts of kdumpy that ``kdumpy save`` never imports: editing them keeps cached runs valid.
+NOT_IN_SAVE = {("lab",), ("setup",), ("cli", "setup_commands.py"), ("cli", "analysis_commands.py"),
+               ("cli", "lab_commands.py"), ("analysis", "report.py"), ("analysis", "kallsyms.py")}
+
+
 def kdumpy_digest() -> str:
-    """sha256 over kdumpy's own Python sources except the lab, i.e. what ``save`` runs."""
+    """sha256 over kdumpy's Python sources that ``save`` runs (all but :data:`NOT_IN_SAVE`)."""
     pkg = project_src() / "kdumpy"
     digest = hashlib.sha256()
     for path in sorted(pkg.rglob("*.py")):
         rel = path.relative_to(pkg)
-        if rel.parts[0] == "lab":
+        if rel.parts[:1] in NOT_IN_SAVE or rel.parts[:2] in NOT_IN_SAVE:
             continue
         digest.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()

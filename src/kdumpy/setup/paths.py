@@ -100,7 +100,7 @@ class SystemPaths:
         return self.path(f"/boot/config-{release}")
 
     def boot_kernel_candidates(self, release: str) -> list[str]:
-        return [self.path(f"/boot/vmlinuz-{release}"), self.path(f"/boot/vmlinuz")]
+        return [self.path(f"/boot/vmlinuz-{release}"), self.path("/boot/vmlinuz")]
 
     def boot_initrd_candidates(self, release: str) -> list[str]:
         """Debian/Ubuntu (initramfs-tools), then Fedora/SUSE/Arch (dracut, mkinitcpio) names."""

@@ -1,0 +1,382 @@
+"""The capture kernel's save job, driven by ``/etc/kdumpy.toml`` (``kdumpy capture``).
+
+In order (kdump-utils' ``kdump.sh`` and Debian's ``kdump-config savecore`` do the same
+steps, see docs in ``/work/shared/notes/setup-anchors.md``):
+
+1. pre hooks (``/etc/kdumpy/pre.d``); a failing hook means no dump and the failure action;
+2. open ``/proc/vmcore``; reach the target: a local directory, an NFS export mounted with
+   ``mount -t nfs`` (argv), or an SSH directory (``ssh ... 'mkdir -p -- DIR'``);
+3. free space against an estimate of the dump: below ``min_free`` the save does not start;
+   below estimate + ``min_free`` a warning (the dump-level list still gets its chance);
+4. ``<target>/<host>-<YYYY-mm-dd-HH:MM:SS>/`` (0700): ``dmesg.txt`` first (small, and the
+   most useful part when the rest does not fit), then ``vmcore`` (``vmcore.flat``, the
+   flattened stream, over SSH), then ``report.json``; every file is written under
+   ``NAME.incomplete`` and renamed only once complete and synced;
+5. on ENOSPC the vmcore is retried at the next level of the ``level`` list; when the last one
+   fails too, ``vmcore.incomplete`` stays, carrying the format's incomplete mark, which
+   ``kdumpy info`` (and makedumpfile, crash) still read;
+6. post hooks (``/etc/kdumpy/post.d``, argv ``[hook, status, dump-dir]``);
+7. retention: only the ``keep`` newest of this host's dumps stay (local and NFS targets);
+8. ``/var/lib/kdumpy/last-capture.json`` for ``kdumpy status`` after the reboot, with the
+   pending ``kdumpy test`` id;
+9. the final action (after a complete dump) or the failure action, through an injectable
+   runner.
+
+The kernel log and the report come from :mod:`kdumpy.analysis` when it can read them; a
+dump whose log cannot be read gets a one-line ``dmesg.txt`` saying why.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import re
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kdumpy.capture.pipeline import DumpIncomplete, SaveOptions, save, usable_cpus
+from kdumpy.capture.targets import (
+    INCOMPLETE_SUFFIX,
+    LocalDirectory,
+    NfsMount,
+    RunFn,
+    SshDirectory,
+    run_argv,
+)
+from kdumpy.errors import KdumpyError
+from kdumpy.setup import state
+from kdumpy.setup.actions import ActionRunner, SystemActions
+from kdumpy.setup.config import Config
+from kdumpy.setup.hooks import run_hooks
+from kdumpy.setup.paths import SystemPaths
+from kdumpy.setup.sizes import human
+
+DUMP_DIR_RE = re.compile(r"^(?P<host>.+)-(?P<stamp>\d{4}-\d\d-\d\d-\d\d:\d\d:\d\d)(?:-\d+)?$")
+STAMP_FORMAT = "%Y-%m-%d-%H:%M:%S"
+
+COMPLETE = "complete"
+INCOMPLETE = "incomplete"
+FAILED = "failed"
+
+
+@dataclass
+class CaptureResult:
+    status: str = FAILED              # complete | incomplete | failed
+    target: str | None = None
+    dump_dir: str | None = None
+    vmcore: str | None = None
+    dump_level: int | None = None
+    files: list[str] = field(default_factory=list)
+    test_id: str | None = None
+    action: str | None = None
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+    time: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _stderr_log(msg: str) -> None:
+    print(f"kdumpy: capture: {msg}", file=sys.stderr, flush=True)
+
+
+def hostname(paths: SystemPaths) -> str:
+    """This machine's name for the dump directory: ``/etc/hostname`` (the capture kernel
+    may not have set its hostname yet), else ``gethostname()``; made path-safe."""
+    name = ""
+    try:
+        with open(paths.etc_hostname, encoding="utf-8") as f:
+            name = f.readline().strip()
+    except OSError:
+        pass
+    if not name or name == "(none)":
+        name = socket.gethostname()
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".-")
+    return name or "localhost"
+
+
+def estimate_dump_bytes(mem: Any, compression: str, *, samples: int = 256) -> int:
+    """Bytes the dump will take before page filtering: pages present times the mean
+    compressed size of an even sample of pages (zero pages count as nothing)."""
+    from kdumpy.formats.codecs import CODECS
+    total = mem.count_dumpable()
+    if total == 0:
+        return 0
+    ps = mem.page_size
+    ranks = np.linspace(0, total - 1, num=min(samples, total)).astype(np.int64).tolist()
+    pick: list[int] = []
+    seen = 0
+    for start, end in mem.dumpable_ranges():   # bounded memory, whatever the RAM size
+        while len(pick) < len(ranks) and ranks[len(pick)] < seen + (end - start):
+            pick.append(start + ranks[len(pick)] - seen)
+        seen += end - start
+        if len(pick) == len(ranks):
+            break
+    codec = CODECS.get(compression)
+    size = 0
+    for pfn in pick:
+        page = mem.read_pfn(pfn)
+        if not any(page):
+            continue
+        if codec is None or codec.flag == 0:
+            size += ps
+        else:
+            try:
+                size += min(ps, len(codec.compress(page)))
+            except Exception:  # noqa: BLE001 - a codec failure stores the page raw
+                size += ps
+    return int(size * total / len(pick)) + (1 << 20)
+
+
+class CaptureSession:
+    """One save, from hooks to the final action. Everything external is injectable."""
+
+    def __init__(self, config: Config, *, paths: SystemPaths | None = None,
+                 vmcore: str | None = None, actions: ActionRunner | None = None,
+                 run: RunFn = run_argv, log: Callable[[str], None] = _stderr_log,
+                 host: str | None = None, now: time.struct_time | None = None,
+                 progress: Any = None, quiet: bool = False) -> None:
+        self.cfg = config
+        self.paths = paths or SystemPaths()
+        self.vmcore = vmcore or self.paths.proc_vmcore
+        self.actions = actions or SystemActions(self.paths)
+        self.run = run
+        self.log = log
+        self.host = host or hostname(self.paths)
+        self.now = now or time.localtime()
+        self.progress = progress
+        self.quiet = quiet
+        self.result = CaptureResult(time=time.strftime("%Y-%m-%dT%H:%M:%S%z", self.now))
+        self._nfs: NfsMount | None = None
+
+    # -- the whole job --------------------------------------------------------------------
+    def run_all(self) -> CaptureResult:
+        """Run the session and the resulting action; never raises for a failed save."""
+        res = self.result
+        res.test_id = state.read_test_id(self.paths)
+        try:
+            self._save_all()
+        except (KdumpyError, OSError) as exc:
+            res.status = FAILED if res.status != INCOMPLETE else INCOMPLETE
+            res.error = _why(exc)
+            self.log(f"failed: {res.error}")
+        finally:
+            self._post_hooks()
+            if self._nfs is not None:
+                self._nfs.umount()
+        self._record()
+        res.action = self.cfg.actions.final if res.status == COMPLETE else self.cfg.actions.failure
+        self.log(f"dump {res.status}{' in ' + res.dump_dir if res.dump_dir else ''}; "
+                 f"{'final' if res.status == COMPLETE else 'failure'} action: {res.action}")
+        self.actions.perform(res.action)
+        return res
+
+    def _save_all(self) -> None:
+        res = self.result
+        hooks = run_hooks(self.paths.path(self.cfg.hooks.pre_dir), [self.vmcore],
+                          env={"KDUMPY_VMCORE": self.vmcore}, timeout=self.cfg.hooks.timeout,
+                          log=self.log, stop_on_failure=True)
+        bad = [h for h in hooks if not h.ok]
+        if bad:
+            raise KdumpyError(f"pre hook {bad[0].path} failed ({bad[0].error}); not saving")
+        from kdumpy.memory import open_dump
+        directory = self._open_target()
+        res.target = directory.describe()
+        with open_dump(self.vmcore) as mem:
+            self._check_space(directory, mem)
+            rel = self._make_dump_dir(directory)
+            res.dump_dir = directory.describe(rel)
+            self._save_dmesg(directory, rel, mem)
+            self._save_vmcore(directory, rel, mem)
+            self._save_report(directory, rel, mem)
+        if res.status == COMPLETE and self.cfg.dump.keep and not directory.remote:
+            self._retention(directory)
+
+    # -- steps ----------------------------------------------------------------------------
+    def _open_target(self) -> LocalDirectory | SshDirectory:
+        t = self.cfg.target
+        directory: LocalDirectory | SshDirectory
+        if t.kind == "ssh":
+            assert t.host is not None
+            directory = SshDirectory(t.host, t.path, user=t.user, port=t.port,
+                                     key=self.paths.path(t.ssh_key) if t.ssh_key else None,
+                                     options=t.ssh_options)
+        elif t.kind == "nfs":
+            assert t.nfs_source is not None
+            self._nfs = NfsMount(t.nfs_source, self.paths.nfs_mountpoint, t.nfs_options,
+                                 run=self.run)
+            self._nfs.mount()
+            directory = LocalDirectory(self.paths.nfs_mountpoint)
+        else:
+            directory = LocalDirectory(self.paths.path(t.path))
+        try:
+            directory.check()
+        except OSError as exc:
+            raise KdumpyError(f"target {directory.describe()} is not usable: {_why(exc)}") \
+                from None
+        self.log(f"target {directory.describe()}")
+        return directory
+
+    def _check_space(self, directory: LocalDirectory | SshDirectory, mem: Any) -> None:
+        free = directory.free_bytes()
+        need = estimate_dump_bytes(mem, self.cfg.dump.compression)
+        min_free = self.cfg.dump.min_free
+        if free is None:
+            self.result.notes.append("free space on the target unknown")
+            return
+        self.log(f"{human(free)} free; the dump needs about {human(need)} before filtering")
+        if free < max(min_free, 1 << 20):
+            raise OSError(errno.ENOSPC, f"only {human(free)} free on {directory.describe()}, "
+                                        f"below min_free {human(min_free)}; not saving")
+        if free < need + min_free:
+            note = (f"{human(free)} free may not hold the dump (about {human(need)} before "
+                    f"filtering, plus min_free {human(min_free)}); trying dump levels "
+                    f"{', '.join(map(str, self.cfg.dump.levels))} in turn")
+            self.result.notes.append(note)
+            self.log(note)
+
+    def _make_dump_dir(self, directory: LocalDirectory | SshDirectory) -> str:
+        base = f"{self.host}-{time.strftime(STAMP_FORMAT, self.now)}"
+        rel = base
+        for n in range(2, 100):
+            if not directory.exists(rel):
+                break
+            rel = f"{base}-{n}"
+        directory.make_dir(rel)
+        return rel
+
+    def _put(self, directory: LocalDirectory | SshDirectory, rel: str, name: str,
+             data: bytes) -> None:
+        try:
+            directory.put(f"{rel}/{name}", data)
+            self.result.files.append(name)
+        except OSError as exc:
+            directory.discard(f"{rel}/{name}{INCOMPLETE_SUFFIX}")
+            note = f"{name} not written: {_why(exc)}"
+            self.result.notes.append(note)
+            self.log(note)
+
+    def _save_dmesg(self, directory: LocalDirectory | SshDirectory, rel: str, mem: Any) -> None:
+        try:
+            from kdumpy.analysis.kernel_log import format_dmesg, read_kernel_log
+        except ImportError as exc:
+            data = f"kdumpy: kernel log not available (no log reader: {exc})\n".encode()
+        else:
+            try:
+                data = format_dmesg(read_kernel_log(mem))
+            except Exception as exc:  # noqa: BLE001 - the dump matters more than its log
+                data = f"kdumpy: kernel log not available: {exc}\n".encode()
+                self.result.notes.append(f"kernel log not available: {exc}")
+        self._put(directory, rel, "dmesg.txt", data)
+
+    def _save_vmcore(self, directory: LocalDirectory | SshDirectory, rel: str, mem: Any) -> None:
+        res = self.result
+        d = self.cfg.dump
+        name = "vmcore.flat" if directory.remote else "vmcore"
+        levels = d.levels
+        for i, level in enumerate(levels):
+            opts = SaveOptions(dump_level=level, compress=d.compression, format=d.format,
+                               threads=d.threads or usable_cpus(),
+                               allow_partial_filter=d.allow_partial_filter)
+            progress = self.progress or self._default_progress(mem)
+            self.log(f"saving {name} at dump level {level} ({d.compression})")
+            try:
+                out = save(mem, lambda: directory.dump_target(f"{rel}/{name}",
+                                                                flattened=directory.remote),
+                           opts, progress)
+            except (DumpIncomplete, OSError) as exc:
+                cause = exc.__cause__ if isinstance(exc, DumpIncomplete) else exc
+                nospace = isinstance(cause, OSError) and cause.errno == errno.ENOSPC
+                if nospace and i + 1 < len(levels):
+                    directory.discard(f"{rel}/{name}{INCOMPLETE_SUFFIX}")
+                    note = f"no space left at dump level {level}; retrying at {levels[i + 1]}"
+                    res.notes.append(note)
+                    self.log(note)
+                    continue
+                if isinstance(exc, DumpIncomplete):
+                    res.status = INCOMPLETE
+                    res.vmcore = directory.describe(f"{rel}/{name}{INCOMPLETE_SUFFIX}")
+                    res.dump_level = level
+                raise
+            finally:
+                if self.progress is None:
+                    progress.close()
+            res.status = COMPLETE
+            res.vmcore = directory.describe(f"{rel}/{name}")
+            res.dump_level = out.dump_level
+            res.files.append(name)
+            res.notes.extend(out.notes)
+            self.log(f"saved {res.vmcore}: {out.pages_written} pages, "
+                     f"{human(out.bytes_written)}")
+            return
+
+    def _default_progress(self, mem: Any) -> Any:
+        from kdumpy.capture.progress import Progress
+        return Progress(mem.count_dumpable(), mem.page_size, quiet=self.quiet, label="saving")
+
+    def _save_report(self, directory: LocalDirectory | SshDirectory, rel: str, mem: Any) -> None:
+        report: dict[str, Any]
+        try:
+            from kdumpy.analysis.report import build_report
+        except ImportError as exc:
+            report = {"notes": [f"report not available (no report builder: {exc})"]}
+        else:
+            try:
+                report = build_report(mem, backtrace=False)
+            except Exception as exc:  # noqa: BLE001
+                report = {"notes": [f"report not available: {exc}"]}
+        report["kdumpy_capture"] = {
+            "status": self.result.status, "dump_level": self.result.dump_level,
+            "vmcore": self.result.vmcore, "test_id": self.result.test_id,
+            "host": self.host, "time": self.result.time, "notes": list(self.result.notes)}
+        data = json.dumps(report, indent=2, sort_keys=True, default=str).encode() + b"\n"
+        self._put(directory, rel, "report.json", data)
+
+    def _post_hooks(self) -> None:
+        res = self.result
+        env = {"KDUMPY_STATUS": res.status, "KDUMPY_DUMP_DIR": res.dump_dir or "",
+               "KDUMPY_VMCORE": res.vmcore or ""}
+        for h in run_hooks(self.paths.path(self.cfg.hooks.post_dir),
+                           [res.status, res.dump_dir or ""], env=env,
+                           timeout=self.cfg.hooks.timeout, log=self.log):
+            if not h.ok:
+                res.notes.append(f"post hook {h.path} failed: {h.error}")
+
+    def _retention(self, directory: LocalDirectory | SshDirectory) -> None:
+        mine = []
+        for name in directory.list_dirs():
+            m = DUMP_DIR_RE.match(name)
+            if m and m.group("host") == self.host:
+                mine.append((m.group("stamp"), name))
+        mine.sort()
+        for _stamp, name in mine[: max(0, len(mine) - self.cfg.dump.keep)]:
+            try:
+                directory.remove_tree(name)
+                self.log(f"retention: removed {directory.describe(name)}")
+            except OSError as exc:
+                self.result.notes.append(f"retention: cannot remove {name}: {_why(exc)}")
+
+    def _record(self) -> None:
+        try:
+            state.write_last_capture(self.paths, self.result.to_json())
+        except OSError as exc:
+            self.log(f"cannot record the outcome in {self.paths.last_capture}: {_why(exc)}")
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        name = f"{exc.filename}: " if exc.filename else ""
+        return f"{name}{exc.strerror or exc}"
+    return str(exc)
+
+
+def run_capture(config: Config, **kwargs: Any) -> CaptureResult:
+    """Run a :class:`CaptureSession` (keyword arguments as its constructor's)."""
+    return CaptureSession(config, **kwargs).run_all()

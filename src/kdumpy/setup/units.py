@@ -1,0 +1,171 @@
+"""The systemd units and the udev rule kdumpy ships, and ``kdumpy install``.
+
+* ``kdumpy.service`` (running system): loads the capture kernel at boot once local
+  filesystems are up, unloads on stop. ``ConditionKernelCommandLine=crashkernel`` matches
+  the word as a parameter name (``crashkernel=...``, also ``,high``), systemd.unit(5);
+  ``ConditionPathExists=!/proc/vmcore`` keeps it from running in the capture kernel.
+* ``kdumpy-save.service`` (capture kernel): the capture command line carries
+  ``systemd.unit=kdumpy-save.service`` (:mod:`kdumpy.setup.cmdline`), so systemd boots
+  the normal root filesystem and starts only this unit and its dependencies, as Debian's
+  kdump-tools does. It runs ``kdumpy capture``, which performs the final or failure action
+  itself and exits 0 (complete) or 4 (failed, action done); anything else (a crash, an
+  unreadable config, an OOM kill) fails the unit, and ``FailureAction=reboot-force``
+  reboots the machine rather than leaving it in the capture kernel.
+* ``98-kdumpy.rules``: reloads on CPU add/remove and memory online/offline, because the
+  capture kernel's ELF header lists the CPUs and memory ranges; skipped when the kernel
+  updates the header itself (``crash_hotplug`` = 1 on the ``cpu``/``memory`` subsystem
+  devices, Linux 6.5+; udev's ``ATTRS`` looks at parent devices too). The same idea as
+  kdump-utils' ``98-kexec.rules``.
+
+ExecStart lines are quoted for systemd (systemd.service(5), "Command lines"): words with
+spaces or quotes in double quotes with ``\\`` escapes, ``%`` doubled (specifiers) and ``$``
+doubled (variable expansion).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kdumpy.setup.config import __doc__ as CONFIG_DOC
+from kdumpy.setup.paths import DEFAULT_CONFIG, SystemPaths
+
+LOAD_UNIT = "kdumpy.service"
+SAVE_UNIT = "kdumpy-save.service"
+UDEV_RULE = "98-kdumpy.rules"
+#: ``kdumpy capture``'s status after a failed save whose failure action ran.
+CAPTURE_FAILED_HANDLED = 4
+
+
+def systemd_quote(word: str) -> str:
+    word = word.replace("%", "%%").replace("$", "$$")
+    if word and re.fullmatch(r"[A-Za-z0-9/_.,:=@+%$-]+", word):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def exec_line(argv: Sequence[str]) -> str:
+    return " ".join(systemd_quote(a) for a in argv)
+
+
+def kdumpy_command() -> list[str]:
+    """How units run kdumpy: the installed ``kdumpy`` script, else this interpreter."""
+    exe = shutil.which("kdumpy")
+    return [exe] if exe else [sys.executable, "-m", "kdumpy"]
+
+
+def load_unit(cmd: Sequence[str], config: str = DEFAULT_CONFIG) -> str:
+    return f"""# Installed by `kdumpy install`.
+[Unit]
+Description=Load the kdump capture kernel (kdumpy)
+Documentation=https://docs.kernel.org/admin-guide/kdump/kdump.html
+After=local-fs.target
+ConditionKernelCommandLine=crashkernel
+ConditionPathExists=!/proc/vmcore
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={exec_line([*cmd, "load", "--config", config])}
+ExecReload={exec_line([*cmd, "load", "--config", config])}
+ExecStop={exec_line([*cmd, "unload"])}
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def save_unit(cmd: Sequence[str], config: str = DEFAULT_CONFIG) -> str:
+    return f"""# Installed by `kdumpy install`; started by the capture kernel's
+# systemd.unit={SAVE_UNIT} command-line parameter, never enabled.
+[Unit]
+Description=Save the crash dump (kdumpy, capture kernel)
+ConditionPathExists=/proc/vmcore
+Wants=network-online.target
+After=local-fs.target network-online.target
+FailureAction=reboot-force
+
+[Service]
+Type=oneshot
+ExecStart={exec_line([*cmd, "capture", "--config", config])}
+SuccessExitStatus={CAPTURE_FAILED_HANDLED}
+StandardOutput=journal+console
+StandardError=journal+console
+"""
+
+
+def udev_rule(systemctl: str = "/bin/systemctl") -> str:
+    return f"""# Installed by `kdumpy install`: reload the capture kernel when CPUs or memory change,
+# unless the kernel updates the loaded image's ELF header itself (crash_hotplug = 1).
+SUBSYSTEM=="cpu", ATTRS{{crash_hotplug}}=="1", GOTO="kdumpy_end"
+SUBSYSTEM=="memory", ATTRS{{crash_hotplug}}=="1", GOTO="kdumpy_end"
+SUBSYSTEM=="cpu", ACTION=="add|remove", GOTO="kdumpy_reload"
+SUBSYSTEM=="memory", ACTION=="online|offline", GOTO="kdumpy_reload"
+GOTO="kdumpy_end"
+
+LABEL="kdumpy_reload"
+TEST!="/sys/kernel/kexec_crash_loaded", GOTO="kdumpy_end"
+RUN+="{systemctl} --no-block try-reload-or-restart {LOAD_UNIT}"
+
+LABEL="kdumpy_end"
+"""
+
+
+def example_config() -> str:
+    """The annotated example of :mod:`kdumpy.setup.config`, every line commented out."""
+    doc = CONFIG_DOC or ""
+    body = doc.split("Example::", 1)[1] if "Example::" in doc else ""
+    lines = [ln[4:] if ln.startswith("    ") else ln for ln in body.strip("\n").splitlines()]
+    out = ["# kdumpy configuration (TOML). Every key is optional; the values below are",
+           "# examples. Validate with `kdumpy status`.", ""]
+    for ln in lines:
+        if not ln.strip():
+            out.append("")
+        elif ln.lstrip().startswith("#") or ln.startswith("["):
+            out.append(ln if ln.startswith("[") else ln)
+        else:
+            out.append("# " + ln)
+    return "\n".join(out).rstrip() + "\n"
+
+
+@dataclass
+class Installed:
+    path: str
+    written: bool                     # False: it existed and was kept
+
+
+def _write(path: str, text: str, mode: int, *, keep_existing: bool = False) -> Installed:
+    if keep_existing and os.path.exists(path):
+        return Installed(path, False)
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+    return Installed(path, True)
+
+
+def install(paths: SystemPaths, cmd: Sequence[str] | None = None) -> list[Installed]:
+    """Write the units, the udev rule, an example config (kept if present) and the hook
+    directories under ``paths.root``. Nothing is enabled or reloaded here."""
+    cmd = list(cmd) if cmd else kdumpy_command()
+    out = [
+        _write(os.path.join(paths.systemd_unit_dir, LOAD_UNIT), load_unit(cmd), 0o644),
+        _write(os.path.join(paths.systemd_unit_dir, SAVE_UNIT), save_unit(cmd), 0o644),
+        _write(os.path.join(paths.udev_rules_dir, UDEV_RULE), udev_rule(), 0o644),
+        _write(paths.config, example_config(), 0o600, keep_existing=True),
+    ]
+    for d in ("/etc/kdumpy/pre.d", "/etc/kdumpy/post.d"):
+        p = paths.path(d)
+        existed = os.path.isdir(p)
+        os.makedirs(p, mode=0o700, exist_ok=True)
+        out.append(Installed(p, not existed))
+    return out
