@@ -75,7 +75,8 @@ def test_drgn_reads_the_converted_qemu_kdump(qemu_dumps, tmp_path):
     writes the crashed kernel's utsname, and drgn reads pages from it."""
     import drgn
     fixed = tmp_path / "fixed.kdump"
-    assert main(["convert", "-q", str(qemu_dumps.kdump_flat), str(fixed)]) == 0
+    # plain `convert` of a flattened file is -R (byte for byte); -c re-encodes and corrects
+    assert main(["convert", "-q", "-c", "zlib", str(qemu_dumps.kdump_flat), str(fixed)]) == 0
     prog = drgn.Program()
     prog.set_core_dump(str(fixed))
     with open_dump(qemu_dumps.elf) as elf:

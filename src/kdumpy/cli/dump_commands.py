@@ -238,8 +238,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert between dump formats; reassemble flattened "
                                        "streams ('-' reads stdin) and split sets",
                        description="With a flattened SRC and no --format/--compress, DEST is the "
-                                   "reassembled file (makedumpfile -R). Several SRCs are a split "
-                                   "set joined into one DEST.")
+                                   "reassembled file, byte for byte (makedumpfile -R). Any option "
+                                   "re-encodes, which also corrects what 'kdumpy info' lists as "
+                                   "corrected (e.g. QEMU 7.2's phys_base and empty utsname). "
+                                   "Several SRCs are a split set joined into one DEST.")
     p.add_argument("-d", "--dump-level", type=int, default=None, metavar="LEVEL",
                    help="additionally drop pages (makedumpfile's bits, as for save)")
     _add_output_options(p, default_compress=None)

@@ -119,14 +119,14 @@ def example_config() -> str:
     """The annotated example of :mod:`kdumpy.setup.config`, every line commented out."""
     doc = CONFIG_DOC or ""
     body = doc.split("Example::", 1)[1] if "Example::" in doc else ""
-    lines = [ln[4:] if ln.startswith("    ") else ln for ln in body.strip("\n").splitlines()]
+    lines = [ln.removeprefix("    ") for ln in body.strip("\n").splitlines()]
     out = ["# kdumpy configuration (TOML). Every key is optional; the values below are",
            "# examples. Validate with `kdumpy status`.", ""]
     for ln in lines:
         if not ln.strip():
             out.append("")
         elif ln.lstrip().startswith("#") or ln.startswith("["):
-            out.append(ln if ln.startswith("[") else ln)
+            out.append(ln)
         else:
             out.append("# " + ln)
     return "\n".join(out).rstrip() + "\n"

@@ -1,0 +1,377 @@
+"""``kdumpy crashkernel``, ``estimate``, ``status``, ``load``, ``unload``, ``install``,
+``test``, ``capture``: setting kdump up, and the capture kernel's save job.
+
+Exit status: 0 success; 1 a reported error; 2 bad usage. ``status``: 3 when kdump is not
+operational. ``crashkernel``: 3 when the value is valid but reserves nothing at this RAM
+size. ``capture``: 4 when the dump failed or is incomplete (the failure action ran).
+Every command takes ``--root DIR`` to work on a tree other than ``/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from kdumpy.errors import KdumpyError
+
+LOAD_METHOD_NAMES = {"auto": "auto", "file": "kexec_file_load", "kexec": "kexec_load",
+                     "kexec_file_load": "kexec_file_load", "kexec_load": "kexec_load"}
+
+
+def _paths(args: argparse.Namespace):
+    from kdumpy.setup.paths import SystemPaths
+    return SystemPaths(args.root)
+
+
+def _config_path(args: argparse.Namespace) -> str:
+    return args.config if args.config else _paths(args).config
+
+
+def _dump_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def _arch(args: argparse.Namespace) -> str:
+    return getattr(args, "arch", None) or os.uname().machine
+
+
+# -- crashkernel ------------------------------------------------------------------------------
+
+def cmd_crashkernel(args: argparse.Namespace) -> int:
+    from kdumpy.setup import sysfs
+    from kdumpy.setup.crashkernel import (
+        KernelRules,
+        evaluate,
+        format_reservation,
+        normalise_spec,
+    )
+    from kdumpy.setup.sizes import parse_size
+    paths = _paths(args)
+    if args.ram is not None:
+        ram = parse_size(args.ram, "--ram")
+    else:
+        ram, _src = sysfs.ram_size(paths)
+        if not ram:
+            raise KdumpyError("cannot tell this machine's RAM size; pass --ram SIZE")
+    release = args.kernel_release or (None if args.ram is not None
+                                      else sysfs.kernel_release(paths))
+    rules = KernelRules.for_kernel(release, _arch(args))
+    res = evaluate(normalise_spec(args.spec), ram, rules)
+    if args.json:
+        _dump_json(res.to_json())
+    else:
+        print(format_reservation(res))
+    if res.error:
+        if not args.json:
+            print(f"kdumpy: {res.word}: {res.error}", file=sys.stderr)
+        return 1
+    return 0 if res.reserved else 3
+
+
+# -- estimate ---------------------------------------------------------------------------------
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from kdumpy.setup import estimate as est_mod
+    from kdumpy.setup import sysfs
+    from kdumpy.setup.config import load_config
+    from kdumpy.setup.crashkernel import KernelRules, evaluate
+    from kdumpy.setup.sizes import human, parse_size
+    from kdumpy.setup.status import default_images
+    paths = _paths(args)
+    cfg = load_config(_config_path(args), must_exist=bool(args.config))
+    release = sysfs.kernel_release(paths)
+    ram = parse_size(args.ram, "--ram") if args.ram else sysfs.ram_size(paths)[0]
+    if not ram:
+        raise KdumpyError("cannot tell this machine's RAM size; pass --ram SIZE")
+    kernel, initrd = default_images(paths, cfg, release)
+    e = est_mod.estimate(ram, kernel=kernel, initrd=initrd, arch=_arch(args),
+                         threads=cfg.dump.threads or 1)
+    cmd = sysfs.cmdline(paths)
+    current = sysfs.crash_reservation(paths).size
+    now = evaluate(cmd, ram, KernelRules.for_kernel(release, _arch(args))) \
+        if sysfs.crashkernel_words(cmd) else None
+    applied = None
+    if args.apply:
+        if not est_mod.grub_present(paths):
+            raise KdumpyError(f"no GRUB found ({paths.grub_default}); add "
+                              f"crashkernel={e.recommended} to your boot loader's kernel "
+                              "command line yourself")
+        applied = est_mod.apply_grub(paths, e.recommended)
+    if args.json:
+        d = e.to_json()
+        d["kernel"], d["initrd"] = kernel, initrd
+        d["current"] = {"cmdline": sysfs.crashkernel_words(cmd), "reserved": current}
+        d["applied"] = applied
+        _dump_json(d)
+        return 0
+    print(f"The capture boot needs about {human(e.needed)} (with {int(est_mod.MARGIN * 100)}% "
+          f"margin) on this machine ({human(ram)} RAM):")
+    for name, size in e.components.items():
+        print(f"  {name:10} {human(size):>10}  {e.sources[name]}")
+    print(f"recommended: crashkernel={e.recommended}"
+          + (f"  (gives {human(e.recommended_size)} here)" if ":" in e.recommended else ""))
+    for n in e.notes:
+        print(f"  note: {n}")
+    if now is not None:
+        state = (f"reserves {human(now.size)}" if now.reserved else "reserves nothing")
+        print(f"current: {' '.join(sysfs.crashkernel_words(cmd))} {state}"
+              + (f"; {human(current)} reserved now" if current else ""))
+    else:
+        print("current: no crashkernel= on the kernel command line")
+    if applied:
+        print(f"wrote {applied}; now run update-grub and reboot")
+    else:
+        print("to apply: add it to the kernel command line; with GRUB, "
+              "`kdumpy estimate --apply` writes " + paths.grub_dropin + " containing")
+        print(f"  GRUB_CMDLINE_LINUX_DEFAULT=\"$GRUB_CMDLINE_LINUX_DEFAULT "
+              f"crashkernel={e.recommended}\"")
+        print("then run update-grub and reboot")
+    return 0
+
+
+# -- status -----------------------------------------------------------------------------------
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from kdumpy.setup.status import collect, format_status
+    st = collect(_paths(args), config_path=_config_path(args), arch=_arch(args))
+    if args.json:
+        _dump_json(st.to_json())
+    else:
+        print(format_status(st))
+    return 0 if st.operational else 3
+
+
+# -- load / unload ----------------------------------------------------------------------------
+
+def build_load_request(args: argparse.Namespace) -> dict[str, Any]:
+    """Kernel, initrd and command line from the flags, the config and /proc/cmdline."""
+    from kdumpy.setup import sysfs
+    from kdumpy.setup.cmdline import build_capture_cmdline
+    from kdumpy.setup.config import load_config
+    from kdumpy.setup.status import default_images
+    paths = _paths(args)
+    cfg = load_config(_config_path(args), must_exist=bool(args.config))
+    release = sysfs.kernel_release(paths)
+    kernel, initrd = default_images(paths, cfg, release)
+    if args.kernel:
+        kernel = args.kernel
+    if args.initrd:
+        initrd = args.initrd
+    if args.no_initrd:
+        initrd = None
+    if not kernel:
+        raise KdumpyError(f"no kernel image: none of {', '.join(paths.boot_kernel_candidates(release))} "
+                          "exists; set load.kernel in the config or pass --kernel")
+    if args.cmdline is not None:
+        cmdline = args.cmdline
+        if args.append:
+            cmdline = " ".join([cmdline, *args.append])
+    else:
+        base = cfg.load.cmdline if cfg.load.cmdline is not None else sysfs.cmdline(paths)
+        cmdline = build_capture_cmdline(base, arch=_arch(args), remove=cfg.load.cmdline_remove,
+                                        append=[*cfg.load.cmdline_append, *(args.append or [])])
+    method = LOAD_METHOD_NAMES[args.method] if args.method else cfg.load.method
+    return {"kernel": kernel, "initrd": initrd, "cmdline": cmdline, "method": method}
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from kdumpy.setup import sysfs
+    from kdumpy.setup.kexec import Kexec
+    paths = _paths(args)
+    req = build_load_request(args)
+    if args.dry_run:
+        if args.json:
+            _dump_json(req)
+        else:
+            for k in ("kernel", "initrd", "cmdline", "method"):
+                print(f"{k:8} {req[k]}")
+        return 0
+    size = sysfs.crash_reservation(paths).size
+    if size == 0:
+        raise KdumpyError("no memory is reserved for the capture kernel "
+                          "(/sys/kernel/kexec_crash_size is 0): add crashkernel= to the kernel "
+                          "command line (`kdumpy estimate --apply`) and reboot")
+    kx = Kexec(paths, arch=_arch(args))
+    res = kx.load(req["kernel"], req["initrd"], req["cmdline"], method=req["method"],
+                  lockdown=sysfs.lockdown(paths))
+    for n in res.notes:
+        print(f"kdumpy: note: {n}", file=sys.stderr)
+    loaded = sysfs.crash_loaded(paths)
+    if args.json:
+        _dump_json({"method": res.method, "kernel": res.kernel, "initrd": res.initrd,
+                    "cmdline": res.cmdline, "loaded": loaded, "notes": res.notes})
+    else:
+        print(f"kdumpy: loaded {res.kernel} with {res.method}")
+        print(f"kdumpy: capture command line: {res.cmdline}")
+    if loaded is False:
+        raise KdumpyError("the load call succeeded but /sys/kernel/kexec_crash_loaded still "
+                          "reads 0")
+    return 0
+
+
+def cmd_unload(args: argparse.Namespace) -> int:
+    from kdumpy.setup.kexec import Kexec
+    paths = _paths(args)
+    kx = Kexec(paths, arch=_arch(args))
+    method = kx.unload(LOAD_METHOD_NAMES[args.method] if args.method else None)
+    print(f"kdumpy: unloaded the capture kernel ({method})")
+    return 0
+
+
+# -- install / test / capture -----------------------------------------------------------------
+
+def cmd_install(args: argparse.Namespace) -> int:
+    import shlex
+
+    from kdumpy.setup.units import install
+    cmd = shlex.split(args.kdumpy) if args.kdumpy else None
+    for item in install(_paths(args), cmd):
+        print(f"{'wrote' if item.written else 'kept '} {item.path}")
+    root = "" if args.root == "/" else f" (in {args.root})"
+    print(f"next{root}: systemctl daemon-reload && systemctl enable --now kdumpy.service; "
+          "udevadm control --reload")
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from kdumpy.setup.test_trigger import run_test
+
+    def confirm(warning: str) -> bool:
+        if args.yes:
+            return True
+        if not sys.stdin.isatty():
+            raise KdumpyError("refusing to crash without confirmation: pass --yes")
+        print(warning, file=sys.stderr)
+        return input("Type 'crash' to go on: ").strip() == "crash"
+
+    test_id = run_test(_paths(args), confirm=confirm)
+    print(f"kdumpy: test {test_id} written; the kernel did not crash")
+    return 1
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from kdumpy.capture.session import COMPLETE, CaptureSession
+    from kdumpy.setup.actions import RecordedActions, SystemActions
+    from kdumpy.setup.config import load_config
+    from kdumpy.setup.units import CAPTURE_FAILED_HANDLED
+    paths = _paths(args)
+
+    def log(msg: str) -> None:
+        print(f"kdumpy: capture: {msg}", file=sys.stderr, flush=True)
+
+    actions = RecordedActions(log) if args.no_action else SystemActions(paths)
+    try:
+        cfg = load_config(_config_path(args), must_exist=bool(args.config))
+    except KdumpyError as exc:
+        log(f"{exc}; failure action: reboot")
+        actions.perform("reboot")
+        return 1
+    session = CaptureSession(cfg, paths=paths, vmcore=args.vmcore, actions=actions, log=log,
+                             quiet=args.quiet)
+    res = session.run_all()
+    if args.json:
+        _dump_json(res.to_json())
+    return 0 if res.status == COMPLETE else CAPTURE_FAILED_HANDLED
+
+
+# -- registration -----------------------------------------------------------------------------
+
+def _common(p: argparse.ArgumentParser, *, config: bool = True) -> None:
+    p.add_argument("--root", default="/", metavar="DIR",
+                   help="work on the system tree under DIR (default: /)")
+    if config:
+        p.add_argument("--config", default=None, metavar="FILE",
+                       help="configuration file (default: /etc/kdumpy.toml under --root)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("crashkernel", help="what a crashkernel= value reserves, as the kernel "
+                                           "parses it",
+                       description="Parse SPEC exactly as the kernel does and say what it "
+                                   "reserves on a machine with --ram of memory (default: this "
+                                   "one). SPEC: '256M', '1G-4G:192M,4G-:256M@16M', '512M,high "
+                                   "128M,low', or whole crashkernel= words.")
+    p.add_argument("spec", nargs="+", metavar="SPEC")
+    p.add_argument("--ram", metavar="SIZE", help="RAM size, e.g. 16G (default: this machine's)")
+    p.add_argument("--kernel-release", metavar="R",
+                   help="apply the rules of this kernel release, e.g. 6.1.0-27-amd64 "
+                        "(default: the running one, or the newest with --ram)")
+    p.add_argument("--arch", help="architecture (default: this machine's)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _common(p, config=False)
+    p.set_defaults(func=cmd_crashkernel)
+
+    p = sub.add_parser("estimate", help="recommend a crashkernel= reservation and how to set it")
+    p.add_argument("--apply", action="store_true",
+                   help="write /etc/default/grub.d/kdumpy.cfg (GRUB only)")
+    p.add_argument("--ram", metavar="SIZE", help="RAM size (default: this machine's)")
+    p.add_argument("--arch", help="architecture (default: this machine's)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _common(p)
+    p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser("status", help="is kdump operational? (exit 0 yes, 3 no; each problem "
+                                      "with its fix)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--arch", help=argparse.SUPPRESS)
+    _common(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("load", help="load the capture kernel (kexec_file_load, kexec-tools "
+                                    "as fallback)",
+                       description="Load the capture kernel into the crash slot. Flags "
+                                   "override the config; by default the running kernel's "
+                                   "image and initramfs under /boot with a command line "
+                                   "built from /proc/cmdline.")
+    p.add_argument("--kernel", metavar="FILE", help="kernel image (bzImage/vmlinuz)")
+    p.add_argument("--initrd", metavar="FILE", help="initramfs")
+    p.add_argument("--no-initrd", action="store_true", help="load without an initramfs")
+    p.add_argument("--cmdline", metavar="TEXT",
+                   help="the capture command line exactly (nothing removed or added)")
+    p.add_argument("--append", action="append", metavar="TEXT",
+                   help="words to add to the capture command line (repeatable)")
+    p.add_argument("--method", choices=sorted(LOAD_METHOD_NAMES),
+                   help="auto (default): kexec_file_load, then kexec-tools; file: "
+                        "kexec_file_load only; kexec: kexec-tools' kexec_load only")
+    p.add_argument("--dry-run", action="store_true", help="print what would be loaded")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--arch", help=argparse.SUPPRESS)
+    _common(p)
+    p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("unload", help="unload the capture kernel (the way it was loaded)")
+    p.add_argument("--method", choices=sorted(LOAD_METHOD_NAMES),
+                   help="override the recorded load method")
+    p.add_argument("--arch", help=argparse.SUPPRESS)
+    _common(p, config=False)
+    p.set_defaults(func=cmd_unload)
+
+    p = sub.add_parser("install", help="install the systemd units, udev rule and an example "
+                                       "config")
+    p.add_argument("--kdumpy", metavar="COMMAND",
+                   help="how the units run kdumpy (default: the kdumpy script on PATH, else "
+                        "this Python with -m kdumpy)")
+    _common(p, config=False)
+    p.set_defaults(func=cmd_install)
+
+    p = sub.add_parser("test", help="crash the machine now (sysrq-c) to test kdump end to end")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _common(p, config=False)
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("capture", help="in the capture kernel: save the dump as the config "
+                                       "says, then the final/failure action",
+                       description="The capture kernel's save job (kdumpy-save.service): "
+                                   "hooks, target, free space, dmesg.txt, vmcore, "
+                                   "report.json, retention, then the final or failure action.")
+    p.add_argument("--vmcore", metavar="FILE", help="dump to read (default: /proc/vmcore)")
+    p.add_argument("--no-action", action="store_true",
+                   help="print the final/failure action instead of performing it")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _common(p)
+    p.set_defaults(func=cmd_capture)
