@@ -171,8 +171,8 @@ class CaptureSession:
             self._post_hooks()
             if self._nfs is not None:
                 self._nfs.umount()
-        self._record()
         res.action = self.cfg.actions.final if res.status == COMPLETE else self.cfg.actions.failure
+        self._record()
         self.log(f"dump {res.status}{' in ' + res.dump_dir if res.dump_dir else ''}; "
                  f"{'final' if res.status == COMPLETE else 'failure'} action: {res.action}")
         self.actions.perform(res.action)
@@ -194,8 +194,10 @@ class CaptureSession:
             rel = self._make_dump_dir(directory)
             res.dump_dir = directory.describe(rel)
             self._save_dmesg(directory, rel, mem)
-            self._save_vmcore(directory, rel, mem)
-            self._save_report(directory, rel, mem)
+            try:
+                self._save_vmcore(directory, rel, mem)
+            finally:
+                self._save_report(directory, rel, mem)
         if res.status == COMPLETE and self.cfg.dump.keep and not directory.remote:
             self._retention(directory)
 

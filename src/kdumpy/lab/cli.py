@@ -73,7 +73,25 @@ def summary(run: CrashRun) -> str:
     art = meta["artifacts"]
     for name in ("raw_vmcore", "kdumpy_dump", "makedumpfile_flat"):
         lines.append(f"   {name:<18} {_size(art.get(name))}  {art.get(name, '')}")
+    lines.extend(_crash_report(art.get("kdumpy_dump")))
     return "\n".join(lines)
+
+
+def _crash_report(dump: str | None) -> list[str]:
+    """The head of ``kdumpy report`` on the dump the capture kernel saved."""
+    if not dump or not Path(dump).is_file():
+        return []
+    from kdumpy.analysis import build_report, format_report
+    from kdumpy.errors import KdumpyError
+    from kdumpy.memory import open_dump
+    try:
+        with open_dump(dump) as mem:
+            text = format_report(build_report(mem, log_lines=0, backtrace=False))
+    except KdumpyError as exc:
+        return [f"   kdumpy report: {exc}"]
+    head = [ln for ln in text.splitlines() if ln.strip()][:11]
+    return ["   -- kdumpy report (from the dump the capture kernel saved) --"] + [
+        "   " + ln for ln in head]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
