@@ -54,7 +54,7 @@ class SaveOptions:
     compress: str = "lzo"
     format: str = "kdump"  # "kdump" or "elf"
     threads: int = field(default_factory=usable_cpus)
-    batch_pages: int = 512
+    batch_pages: int = 128
     #: keep the source's dump level in the output's sub header (convert)
     recorded_dump_level: int | None = None
     #: skip a level whose VMCOREINFO keys are missing instead of failing
@@ -296,7 +296,7 @@ def write_elf(mem: DumpMemory, sink, opts: SaveOptions, dumpable: np.ndarray,
 class _Trimmer:
     """Calls ``mem.trim()`` after every ``TRIM_BYTES`` read, keeping RSS flat."""
 
-    TRIM_BYTES = 16 << 20
+    TRIM_BYTES = 4 << 20
 
     def __init__(self, mem: DumpMemory) -> None:
         self.mem = mem
