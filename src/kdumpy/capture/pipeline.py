@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kdumpy.capture.elf_gdb import check_elf32, check_elf32_file_size, elf_segments
 from kdumpy.errors import KdumpyError, UnsupportedError
 from kdumpy.formats import bitmap as bm
 from kdumpy.formats.codecs import CODECS, Codec
-from kdumpy.formats.elf import (ELF32LE, ELF64LE, EF_KDUMP_INCOMPLETE, PT_LOAD, PT_NOTE, ElfHeader,
-                                elf_core_headers_size, new_phdrs, pack_elf_core_headers,
+from kdumpy.formats.elf import (ELF32LE, ELF64LE, EF_KDUMP_INCOMPLETE, PT_LOAD, PT_NOTE, ElfClass,
+                                ElfHeader, elf_core_headers_size, new_phdrs, pack_elf_core_headers,
                                 plan_filtered_loads)
 from kdumpy.formats.kdump import ARCHES, MACHINE_WORD, KdumpWriter, vmcoreinfo_desc_offset
 from kdumpy.formats.notes import NT_PRSTATUS, build_notes
@@ -59,6 +60,11 @@ class SaveOptions:
     recorded_dump_level: int | None = None
     #: skip a level whose VMCOREINFO keys are missing instead of failing
     allow_partial_filter: bool = False
+    #: ELF output: ELF32 headers (``kexec --elf32-core-headers``); refused above 4 GiB
+    elf32: bool = False
+    #: ELF output: map the CPUs' kernel stacks (and, for sources without them, the kernel
+    #: image and the direct map) at their virtual addresses for gdb (:mod:`.elf_gdb`)
+    gdb_segments: bool = True
 
 
 @dataclass
@@ -243,6 +249,9 @@ def write_elf(mem: DumpMemory, sink, opts: SaveOptions, dumpable: np.ndarray,
         elfclass = ELF32LE if MACHINE_WORD.get(mem.machine, 64) == 32 else ELF64LE
         header = ElfHeader(elfclass, e_machine=MACHINE_TO_EM.get(mem.machine, 62))
         segments = [(s * ps, (e - s) * ps, (e - s) * ps, 0) for s, e in mem.present_ranges()]
+    if opts.elf32:
+        header.elfclass = ElfClass(32, header.elfclass.byteorder)
+    segments = elf_segments(mem, segments, bits=header.elfclass.bits, gdb=opts.gdb_segments)
     notes = _notes_bytes(mem)
     loads: list[tuple[int, int, int, int]] = []
     for pa, memsz, filesz, va in segments:
@@ -269,6 +278,8 @@ def write_elf(mem: DumpMemory, sink, opts: SaveOptions, dumpable: np.ndarray,
         ph["p_memsz"] = msz
         ph["p_offset"] = cursor if fsz else 0
         cursor += fsz
+    if header.elfclass.bits == 32:
+        check_elf32_file_size(cursor)
     header_bytes = pack_elf_core_headers(header, phdrs)
     sink.pwrite(0, header_bytes)
     sink.pwrite(head_size, notes)
@@ -327,6 +338,10 @@ def save(mem: DumpMemory, make_target, opts: SaveOptions, progress=None) -> Save
         raise KdumpyError(f"unknown compression {opts.compress!r} (zlib, lzo, snappy, zstd, none)")
     if opts.format not in ("elf", "kdump"):
         raise KdumpyError(f"unknown output format {opts.format!r}")
+    if opts.elf32:
+        if opts.format != "elf":
+            raise KdumpyError("--elf32: ELF32 headers are for ELF output (--format elf)")
+        check_elf32(mem)
     from kdumpy.capture.filter import filter_pages
     filt = filter_pages(mem, opts.dump_level, allow_partial=opts.allow_partial_filter)
     if opts.recorded_dump_level is None:

@@ -370,6 +370,9 @@ class CaptureSession:
             state.write_last_capture(self.paths, self.result.to_json())
         except OSError as exc:
             self.log(f"cannot record the outcome in {self.paths.last_capture}: {_why(exc)}")
+            return
+        if self.result.test_id is not None:
+            state.clear_test_id(self.paths)
 
 
 def _why(exc: BaseException) -> str:

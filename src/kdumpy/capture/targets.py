@@ -303,14 +303,15 @@ class SshDirectory:
 
     def argv(self, command: str) -> list[str]:
         """The ssh argv running ``command`` (already quoted) on the server."""
-        argv = [self.ssh, "-o", "BatchMode=yes", "-o", "ConnectTimeout=30",
-                "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
+        argv = [self.ssh]
+        for opt in self.options:         # ssh keeps the first value given: the user's win
+            argv += ["-o", opt]
+        argv += ["-o", "BatchMode=yes", "-o", "ConnectTimeout=30",
+                 "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
         if self.key:
             argv += ["-i", self.key, "-o", "IdentitiesOnly=yes"]
         if self.port:
             argv += ["-p", str(self.port)]
-        for opt in self.options:
-            argv += ["-o", opt]
         if self.user:
             argv += ["-l", self.user]
         return argv + ["--", self.host, command]
@@ -393,6 +394,8 @@ def _ssh_error(rc: int, stderr: str, what: str) -> OSError:
     last = lines[-1] if lines else ""
     if "No space left on device" in (stderr or ""):
         return OSError(errno.ENOSPC, f"{what}: no space left on the server ({last})")
+    if rc < 0:
+        return OSError(errno.ECONNABORTED, f"{what}: ssh was killed by signal {-rc}")
     if rc == 255:
         return OSError(errno.ECONNABORTED, f"{what}: ssh failed: {last or 'connection lost'}")
     return OSError(errno.EIO, f"{what}: remote command failed (exit {rc}){': ' + last if last else ''}")

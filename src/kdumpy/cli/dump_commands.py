@@ -22,6 +22,9 @@ def _add_output_options(p: argparse.ArgumentParser, *, default_compress: str | N
     p.add_argument("-c", "--compress", choices=COMPRESSIONS, default=default_compress,
                    help="per-page codec of kdump-compressed output (save default: lzo, as "
                         "kdumpctl; convert default: the source's)")
+    p.add_argument("--elf32", action="store_true",
+                   help="ELF32 headers (kexec's --elf32-core-headers; implies --format elf); "
+                        "refused when memory lies above 4 GiB")
     p.add_argument("--force", action="store_true", help="replace an existing DEST")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="compression threads (default: usable CPUs)")
@@ -42,7 +45,7 @@ def _target(dest: str, fmt: str, force: bool):
 
 def _run_save(mem, dest: str, *, fmt: str, compress: str, level: int, recorded: int | None,
               force: bool, threads: int | None, quiet: bool, label: str,
-              allow_partial: bool = False) -> int:
+              allow_partial: bool = False, elf32: bool = False) -> int:
     from kdumpy.capture.pipeline import SaveOptions, check_dump_level, save, usable_cpus
     check_dump_level(level)
     if fmt == "elf" and compress != "none":
@@ -51,7 +54,7 @@ def _run_save(mem, dest: str, *, fmt: str, compress: str, level: int, recorded: 
     opts = SaveOptions(dump_level=level, compress=compress,
                        format="elf" if fmt == "elf" else "kdump",
                        threads=threads or usable_cpus(), recorded_dump_level=recorded,
-                       allow_partial_filter=allow_partial)
+                       allow_partial_filter=allow_partial, elf32=elf32)
     if dest == "-" and fmt == "kdump":
         fmt = "flat"
     progress = _progress(mem.count_dumpable(), mem.page_size, quiet or dest == "-", label)
@@ -79,7 +82,7 @@ def cmd_save(args: argparse.Namespace) -> int:
         raise KdumpyError("save takes [SRC] DEST")
     from kdumpy.capture.pipeline import DumpIncomplete, parse_dump_levels
     levels = parse_dump_levels(args.dump_level)
-    fmt = args.format or "kdump"
+    fmt = args.format or ("elf" if args.elf32 else "kdump")
     compress = args.compress or ("none" if fmt == "elf" else "lzo")
     with open_dump(src) as mem:
         if dest != "-" and not args.no_dmesg:
@@ -89,7 +92,7 @@ def cmd_save(args: argparse.Namespace) -> int:
                 return _run_save(mem, dest, fmt=fmt, compress=compress, level=level,
                                  recorded=None, force=args.force, threads=args.threads,
                                  quiet=args.quiet, label="saving",
-                                 allow_partial=args.allow_partial_filter)
+                                 allow_partial=args.allow_partial_filter, elf32=args.elf32)
             except DumpIncomplete as exc:
                 cause = exc.__cause__
                 last = i == len(levels) - 1
@@ -125,7 +128,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if len(args.paths) < 2:
         raise KdumpyError("convert takes SRC... DEST")
     *srcs, dest = args.paths
-    plain_reassembly = args.format is None and args.compress is None and args.dump_level is None
+    plain_reassembly = (args.format is None and args.compress is None and args.dump_level is None
+                        and not args.elf32)
     if len(srcs) == 1 and plain_reassembly and _is_flattened_source(srcs[0]):
         return _reassemble(srcs[0], dest, args.force)
     if "-" in srcs:
@@ -135,13 +139,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
         from kdumpy.memory import KdumpMemory
         src_level = mem.sub.dump_level if isinstance(mem, KdumpMemory) else 0
         level = (args.dump_level or 0) | (src_level & 1)
-        fmt = args.format or "kdump"
+        fmt = args.format or ("elf" if args.elf32 else "kdump")
         compress = args.compress or ("none" if fmt == "elf" else
                                      mem.compression if mem.format == "kdump" else "lzo")
         return _run_save(mem, dest, fmt=fmt, compress=compress,
                          level=level & 1 if args.dump_level is None else args.dump_level,
                          recorded=src_level | level, force=args.force, threads=args.threads,
-                         quiet=args.quiet, label="converting")
+                         quiet=args.quiet, label="converting", elf32=args.elf32)
 
 
 def _is_flattened_source(src: str) -> bool:

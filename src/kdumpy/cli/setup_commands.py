@@ -108,8 +108,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         d["applied"] = applied
         _dump_json(d)
         return 0
-    print(f"The capture boot needs about {human(e.needed)} (with {int(est_mod.MARGIN * 100)}% "
-          f"margin) on this machine ({human(ram)} RAM):")
+    print(f"The capture boot needs about {human(e.needed)} on this machine ({human(ram)} RAM): "
+          f"kernel + the larger of initramfs and userspace + kdumpy, plus "
+          f"{int(est_mod.MARGIN * 100)}%:")
     for name, size in e.components.items():
         print(f"  {name:10} {human(size):>10}  {e.sources[name]}")
     print(f"recommended: crashkernel={e.recommended}"

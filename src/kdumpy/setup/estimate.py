@@ -1,9 +1,11 @@
 """How much memory ``crashkernel=`` should reserve, and how to set it.
 
-The capture boot needs, all at once inside the reservation: the capture kernel's runtime
-image, its initramfs unpacked into a tmpfs, the early userspace that mounts the root
-filesystem and starts ``kdumpy-save.service``, and kdumpy's own peak. kdumpctl's
-``estimate`` adds kernel + modules + 3 x initrd + 16M; kdumpy measures what it can:
+The capture boot runs in two phases inside the reservation, after the capture kernel's
+own runtime image: the initramfs phase (the compressed image plus its unpacked copy in
+rootfs) and, after ``switch_root`` has freed that, the save phase on the real root
+filesystem (systemd, udev and ``kdumpy-save.service``, kdumpy's own peak). So the need is
+kernel + max(initramfs phase, save phase). kdumpctl's ``estimate`` adds kernel + modules +
+3 x initrd + 16M (its dracut initramfs stays the root); kdumpy measures what it can:
 
 * kernel: the x86 boot protocol's ``init_size`` (setup header offset 0x260, protocol 2.10+,
   ``Documentation/arch/x86/boot.rst``): the memory the decompressed kernel needs to run;
@@ -15,7 +17,8 @@ filesystem and starts ``kdumpy-save.service``, and kdumpy's own peak. kdumpctl's
 * userspace: systemd, journald and udev in the capture boot: 64 MiB (assumed);
 * kdumpy: the interpreter, numpy and codecs, plus its bounded pipeline (``threads + 2``
   batches of 512 pages, compressed and raw) and its bitmaps, 3 bits per page of RAM:
-  96 MiB + RAM/8192 (assumed; ``bench/rss.py`` measures the pipeline);
+  40 MiB + pipeline + RAM/8192 (the crash lab measured 25-30 MiB for ``kdumpy save`` in a
+  1 GiB guest's capture kernel: ``save_min_mem_available_kb`` against ``MemAvailable``);
 * 20% margin, rounded up to 32 MiB.
 
 The result is floored at the distribution default for this RAM size (kdump-utils'
@@ -50,7 +53,7 @@ DEFAULT_TABLES = {
 FALLBACK_TABLE = "2G-64G:256M,64G-:512M"
 
 USERSPACE_BYTES = 64 * MiB
-KDUMPY_BASE_BYTES = 96 * MiB
+KDUMPY_BASE_BYTES = 40 * MiB
 MARGIN = 0.20
 ROUND = 32 * MiB
 
@@ -181,21 +184,23 @@ def estimate(ram: int, *, kernel: str | None, initrd: str | None, arch: str,
     else:
         comps["kernel"], srcs["kernel"] = 64 * MiB, "no kernel image found; assumed"
     if initrd:
+        try:
+            packed = os.path.getsize(initrd)
+        except OSError as exc:
+            packed = 0
+            notes.append(f"{initrd}: {exc.strerror}")
         if quick:
-            try:
-                comps["initramfs"] = os.path.getsize(initrd) * 3
-                srcs["initramfs"] = "3 x file size (quick)"
-            except OSError as exc:
-                comps["initramfs"], srcs["initramfs"] = 0, f"{initrd}: {exc.strerror}"
+            comps["initramfs"], srcs["initramfs"] = packed * 3, "3 x file size (quick)"
         else:
-            comps["initramfs"], srcs["initramfs"] = initramfs_unpacked_size(initrd)
+            unpacked, how = initramfs_unpacked_size(initrd)
+            comps["initramfs"], srcs["initramfs"] = packed + unpacked, f"file + {how}"
     else:
         comps["initramfs"], srcs["initramfs"] = 0, "no initramfs"
     comps["userspace"], srcs["userspace"] = USERSPACE_BYTES, "systemd + udev in the capture boot"
     pipeline = (threads + 2) * 512 * 4096 * 2
     comps["kdumpy"] = KDUMPY_BASE_BYTES + pipeline + ram // 8192
     srcs["kdumpy"] = "interpreter + numpy + pipeline + bitmaps (RAM/8192)"
-    raw = sum(comps.values())
+    raw = comps["kernel"] + max(comps["initramfs"], comps["userspace"] + comps["kdumpy"])
     needed = int(raw * (1 + MARGIN))
     needed = -(-needed // ROUND) * ROUND
     table = default_table(arch)

@@ -3,8 +3,10 @@ the outcome of the last capture.
 
 * ``/run/kdumpy/loaded.json`` (gone at reboot, like the loaded image): the load method, so
   ``unload`` uses the same syscall.
-* ``/var/lib/kdumpy/test-id``: written by ``kdumpy test`` just before the crash; read by the
-  capture session (the capture kernel boots the same root filesystem) and by ``status``.
+* ``/var/lib/kdumpy/test-id``: written by ``kdumpy test`` just before the crash; the capture
+  session (the capture kernel boots the same root filesystem) moves it into
+  ``last-capture.json``, so a later real crash is not taken for the test; while it is still
+  there, ``status`` reports the test as pending (or lost, after a reboot without capture).
 * ``/var/lib/kdumpy/last-capture.json``: written by the capture session (status, dump
   directory, test id), read by ``status`` after the reboot; works for every target type.
 
@@ -72,6 +74,14 @@ def read_test_id(paths: SystemPaths) -> str | None:
     except OSError:
         return None
     return text or None
+
+
+def clear_test_id(paths: SystemPaths) -> None:
+    """The capture session consumed the id (it is in last-capture.json now)."""
+    try:
+        os.unlink(paths.test_id)
+    except OSError:
+        pass
 
 
 def write_last_capture(paths: SystemPaths, record: dict[str, Any]) -> None:

@@ -56,9 +56,11 @@ def boot_time(paths: SystemPaths) -> int | None:
 def test_outcome(paths: SystemPaths) -> dict[str, Any] | None:
     """The last ``kdumpy test``: did its dump arrive? None when no test is pending."""
     tid = state.read_test_id(paths)
-    if tid is None:
-        return None
     last = state.read_last_capture(paths)
+    if tid is None:
+        tid = last.get("test_id") if last else None
+        if tid is None:
+            return None
     if last and last.get("test_id") == tid:
         return {"test_id": tid, "arrived": last.get("status") == "complete",
                 "status": last.get("status"), "dump_dir": last.get("dump_dir"),
@@ -203,15 +205,14 @@ def collect(paths: SystemPaths, *, config_path: str | None = None,
     facts["test"] = t
     if t is not None:
         if t["arrived"]:
-            find(Finding("test", INFO, f"test {t['test_id']}: the dump arrived in "
-                         f"{t['dump_dir']}"))
+            find(Finding("test", INFO, f"{t['test_id']}: the dump arrived in {t['dump_dir']}"))
         elif t["status"] == "pending":
-            find(Finding("test", INFO, f"test {t['test_id']}: written, no crash since"))
+            find(Finding("test", INFO, f"{t['test_id']}: written, no crash since"))
         else:
             detail = {"incomplete": f"the dump is incomplete ({t['vmcore']})",
                       "failed": f"the capture failed: {t['error']}"}.get(
                 t["status"] or "", "no dump arrived (the machine rebooted without a capture)")
-            find(Finding("test", WARNING, f"test {t['test_id']}: {detail}",
+            find(Finding("test", WARNING, f"{t['test_id']}: {detail}",
                          "check the capture kernel's console log; kdumpy status; "
                          "kdumpy estimate"))
 

@@ -1,5 +1,7 @@
 """The systemd units and the udev rule kdumpy ships, and ``kdumpy install``.
 
+Both run kdumpy without ``--config``, so ``/etc/kdumpy.toml`` is optional (defaults apply).
+
 * ``kdumpy.service`` (running system): loads the capture kernel at boot once local
   filesystems are up, unloads on stop. ``ConditionKernelCommandLine=crashkernel`` matches
   the word as a parameter name (``crashkernel=...``, also ``,high``), systemd.unit(5);
@@ -32,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kdumpy.setup.config import __doc__ as CONFIG_DOC
-from kdumpy.setup.paths import DEFAULT_CONFIG, SystemPaths
+from kdumpy.setup.paths import SystemPaths
 
 LOAD_UNIT = "kdumpy.service"
 SAVE_UNIT = "kdumpy-save.service"
@@ -58,7 +60,7 @@ def kdumpy_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "kdumpy"]
 
 
-def load_unit(cmd: Sequence[str], config: str = DEFAULT_CONFIG) -> str:
+def load_unit(cmd: Sequence[str]) -> str:
     return f"""# Installed by `kdumpy install`.
 [Unit]
 Description=Load the kdump capture kernel (kdumpy)
@@ -70,8 +72,8 @@ ConditionPathExists=!/proc/vmcore
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart={exec_line([*cmd, "load", "--config", config])}
-ExecReload={exec_line([*cmd, "load", "--config", config])}
+ExecStart={exec_line([*cmd, "load"])}
+ExecReload={exec_line([*cmd, "load"])}
 ExecStop={exec_line([*cmd, "unload"])}
 
 [Install]
@@ -79,7 +81,7 @@ WantedBy=multi-user.target
 """
 
 
-def save_unit(cmd: Sequence[str], config: str = DEFAULT_CONFIG) -> str:
+def save_unit(cmd: Sequence[str]) -> str:
     return f"""# Installed by `kdumpy install`; started by the capture kernel's
 # systemd.unit={SAVE_UNIT} command-line parameter, never enabled.
 [Unit]
@@ -91,7 +93,7 @@ FailureAction=reboot-force
 
 [Service]
 Type=oneshot
-ExecStart={exec_line([*cmd, "capture", "--config", config])}
+ExecStart={exec_line([*cmd, "capture"])}
 SuccessExitStatus={CAPTURE_FAILED_HANDLED}
 StandardOutput=journal+console
 StandardError=journal+console

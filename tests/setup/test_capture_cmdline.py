@@ -1,0 +1,59 @@
+"""The capture kernel's command line built from /proc/cmdline."""
+
+from __future__ import annotations
+
+from kdumpy.setup.cmdline import (
+    ARCH_APPEND,
+    build_capture_cmdline,
+    param_name,
+    split_cmdline,
+)
+
+X86 = ("irqpoll nr_cpus=1 reset_devices cgroup_disable=memory mce=off numa=off "
+       "acpi_no_memhotplug transparent_hugepage=never nokaslr panic=10")
+
+
+def test_x86_64_drop_and_append():
+    cur = ("BOOT_IMAGE=/boot/vmlinuz-6.1.0-27-amd64 root=UUID=ab-cd ro quiet splash "
+           "crashkernel=2G-64G:256M,64G-:512M hugepages=64 hugepagesz=2M panic_on_warn=1 "
+           "console=ttyS0,115200 resume=/dev/sda2 nr_cpus=8 panic=0")
+    out = build_capture_cmdline(cur, arch="x86_64")
+    assert out == ("root=UUID=ab-cd ro console=ttyS0,115200 " + X86
+                   + " systemd.unit=kdumpy-save.service")
+
+
+def test_params_before_init_args():
+    cur = "root=/dev/vda quiet -- --init-flag crashkernel=1"
+    out = build_capture_cmdline(cur, arch="x86_64")
+    assert out.endswith("systemd.unit=kdumpy-save.service -- --init-flag crashkernel=1")
+    assert out.startswith("root=/dev/vda irqpoll")
+
+
+def test_user_append_wins_and_remove():
+    cur = "root=/dev/vda nosmt console=tty0"
+    out = build_capture_cmdline(cur, arch="x86_64", remove=["nosmt"],
+                                append=["panic=30 console=ttyS0", "nr-cpus=2"])
+    words = out.split()
+    assert "nosmt" not in words and "console=tty0" not in words
+    assert "panic=10" not in words and "nr_cpus=1" not in words   # '-' equals '_'
+    assert words[-3:] == ["panic=30", "console=ttyS0", "nr-cpus=2"]
+
+
+def test_other_arches_from_kernel_docs():
+    assert build_capture_cmdline("root=/dev/vda", arch="ppc64le").split()[1:4] == \
+        ["maxcpus=1", "noirqdistrib", "reset_devices"]
+    assert "cgroup_disable=memory" in build_capture_cmdline("", arch="s390x")
+    assert build_capture_cmdline("", arch="aarch64").startswith("maxcpus=1 reset_devices")
+    assert build_capture_cmdline("", arch="mips64").startswith("maxcpus=1 reset_devices panic=10")
+    assert " ".join(ARCH_APPEND["x86_64"]) == X86
+
+
+def test_quoted_values_stay_whole():
+    cur = 'root=/dev/vda dyndbg="file foo.c +p" quiet'
+    assert split_cmdline(cur) == ["root=/dev/vda", 'dyndbg="file foo.c +p"', "quiet"]
+    assert 'dyndbg="file foo.c +p"' in build_capture_cmdline(cur, arch="x86_64")
+
+
+def test_param_name():
+    assert param_name("nr-cpus=2") == "nr_cpus"
+    assert param_name("quiet") == "quiet"
