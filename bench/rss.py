@@ -76,12 +76,12 @@ def main() -> int:
         k = [sys.executable, "-m", "kdumpy"]
         kd = os.path.join(d, "dump.kdump")
         flat = os.path.join(d, "dump.flat")
-        subprocess.run(k + ["save", "-q", "-c", "lzo", src, kd], check=True)
-        subprocess.run(k + ["save", "-q", "-c", "lzo", "-f", "flat", src, flat], check=True)
+        subprocess.run(k + ["save", "-q", "-d", "1", "--no-dmesg", "-c", "lzo", src, kd], check=True)
+        subprocess.run(k + ["save", "-q", "-d", "1", "--no-dmesg", "-c", "lzo", "-f", "flat", src, flat], check=True)
         cases = {
             "info ELF": k + ["info", src],
             "info kdump": k + ["info", kd],
-            "save ELF->kdump lzo": k + ["save", "-q", "--force", "-c", "lzo", src, os.path.join(d, "o1")],
+            "save ELF->kdump lzo": k + ["save", "-q", "-d", "1", "--no-dmesg", "--force", "-c", "lzo", src, os.path.join(d, "o1")],
             "convert kdump->ELF": k + ["convert", "-q", "--force", "-f", "elf", kd, os.path.join(d, "o2")],
             "convert flat->kdump (reassemble)": k + ["convert", "-q", "--force", flat, os.path.join(d, "o3")],
             "convert flat->ELF": k + ["convert", "-q", "--force", "-f", "elf", flat, os.path.join(d, "o4")],

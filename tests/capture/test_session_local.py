@@ -165,7 +165,7 @@ def test_same_second_gets_a_new_directory(tmp_path, vmcore):
 def test_min_free_refuses_to_start(tmp_path, vmcore):
     res, actions = session(tmp_path, '[target]\npath = "/crash"\n'
                                      '[dump]\nmin_free = "1E"\n', vmcore)
-    assert res.status == "failed" and "below min_free" in res.error
+    assert res.status == "failed" and "below the minimum of 1 EiB (dump.min_free)" in res.error
     assert actions.performed == ["reboot"]
     assert os.listdir(tmp_path / "crash") == []
 
@@ -227,7 +227,7 @@ def test_cli_capture(tmp_path, vmcore, capsys):
 
 def test_action_argv():
     assert action_argv("reboot", True) == ["systemctl", "--force", "reboot"]
-    assert action_argv("poweroff", False) == ["poweroff", "-f"]
+    assert action_argv("poweroff", False) == ["poweroff", "-f", "-f"]
     assert action_argv("shell", True) == ["systemctl", "--no-block", "isolate",
                                           "emergency.target"]
 

@@ -334,3 +334,40 @@ def stack_is_mapped(mem: DumpMemory, note_index: int) -> bool | None:
         return None
     sp = prs[note_index].registers["rsp"]
     return any(va and va <= sp < va + msz for _pa, msz, _f, _o, va in mem.segments)
+
+
+def gdb_hint(mem: DumpMemory, crashing_note: int | None, *,
+             vmlinux: str = "vmlinux") -> dict[str, object] | None:
+    """How to open the ELF dump ``mem`` in gdb: the command line (:func:`gdb_command`) and
+    what it cannot show, or None for a dump gdb cannot open (kdump-compressed) or without
+    NT_PRSTATUS notes. ``crashing_note`` is the crashing CPU's note (the caller's decision,
+    e.g. :func:`kdumpy.analysis.report.build_report`'s ``crashing_cpu``), None if unknown.
+    """
+    if not isinstance(mem, ElfMemory):
+        return None
+    try:
+        pids = [pr.pid for pr in mem.prstatus()]
+    except KdumpyError:
+        return None
+    if not pids:
+        return None
+    offset = kernel_offset(mem)
+    notes: list[str] = []
+    thread = None
+    if crashing_note is not None and 0 <= crashing_note < len(pids):
+        thread = gdb_thread_for_note(pids, crashing_note)
+        if thread is None:
+            notes.append(f"gdb cannot show the crashing CPU's registers: its NT_PRSTATUS note "
+                         f"(#{crashing_note}, pid {pids[crashing_note]}) repeats an earlier "
+                         "note's pid, and gdb keys threads by pid")
+        elif thread == 1:
+            thread = None         # gdb starts on thread 1, the first note's
+        if stack_is_mapped(mem, crashing_note) is False:
+            notes.append("the crashing CPU's stack is not at its virtual address in this "
+                         "dump's PT_LOADs (a copy of /proc/vmcore: vmalloc'd stacks are not "
+                         "mapped), so bt stops early; `kdumpy convert -f elf` maps it")
+    else:
+        notes.append("the crashing CPU is unknown: gdb starts on the first NT_PRSTATUS note")
+    return {"command": gdb_command(mem.path, offset=offset, thread=thread, vmlinux=vmlinux),
+            "kernel_offset": f"{offset:#x}", "thread": thread, "crashing_note": crashing_note,
+            "notes": notes}

@@ -276,7 +276,9 @@ def write_elf(mem: DumpMemory, sink, opts: SaveOptions, dumpable: np.ndarray,
         ph["p_vaddr"] = va
         ph["p_filesz"] = fsz
         ph["p_memsz"] = msz
-        ph["p_offset"] = cursor if fsz else 0
+        # p_offset 0 in a PT_LOAD makes gdb's BFD read the notes again (every thread is
+        # added again, renumbered): a memsz-only PT_LOAD points at the end of the data so far.
+        ph["p_offset"] = cursor
         cursor += fsz
     if header.elfclass.bits == 32:
         check_elf32_file_size(cursor)

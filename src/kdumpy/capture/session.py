@@ -167,6 +167,12 @@ class CaptureSession:
             res.status = FAILED if res.status != INCOMPLETE else INCOMPLETE
             res.error = _why(exc)
             self.log(f"failed: {res.error}")
+        except Exception as exc:  # noqa: BLE001 - a bug must still end in the failure action
+            res.status = FAILED if res.status != INCOMPLETE else INCOMPLETE
+            res.error = f"internal error: {type(exc).__name__}: {exc}"
+            self.log(res.error)
+            import traceback
+            traceback.print_exc()
         finally:
             self._post_hooks()
             if self._nfs is not None:
@@ -234,9 +240,11 @@ class CaptureSession:
             self.result.notes.append("free space on the target unknown")
             return
         self.log(f"{human(free)} free; the dump needs about {human(need)} before filtering")
-        if free < max(min_free, 1 << 20):
+        floor = max(min_free, 1 << 20)
+        if free < floor:
             raise OSError(errno.ENOSPC, f"only {human(free)} free on {directory.describe()}, "
-                                        f"below min_free {human(min_free)}; not saving")
+                                        f"below the minimum of {human(floor)} (dump.min_free); "
+                                        "not saving")
         if free < need + min_free:
             note = (f"{human(free)} free may not hold the dump (about {human(need)} before "
                     f"filtering, plus min_free {human(min_free)}); trying dump levels "

@@ -199,13 +199,33 @@ def _human_info(d: dict[str, Any]) -> str:
         lines.append(f"{'corrected':16} {c}")
     if d.get("vmcoreinfo"):
         lines.append(f"vmcoreinfo       {len(d['vmcoreinfo'])} entries (--json lists them)")
+    if d.get("gdb"):
+        lines.append(f"{'gdb':16} {d['gdb']['command']}")
+        lines.extend(f"{'gdb note':16} {n}" for n in d["gdb"]["notes"])
     return "\n".join(lines)
+
+
+def _gdb_hint(mem) -> dict[str, Any] | None:
+    """How to open an ELF dump in gdb (:func:`kdumpy.capture.elf_gdb.gdb_hint`), with the
+    crashing CPU as ``kdumpy report`` finds it."""
+    if mem.format != "elf":
+        return None
+    from kdumpy.analysis.report import build_report, debuginfo_candidates
+    from kdumpy.capture.elf_gdb import gdb_hint
+    report = build_report(mem, log_lines=0, backtrace=False)
+    crashing = report.get("crashing_cpu") or {}
+    vmlinux = next((p for p in debuginfo_candidates(report["kernel"]["release"])
+                    if os.path.exists(p)), "vmlinux")
+    return gdb_hint(mem, crashing.get("note_index"), vmlinux=vmlinux)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from kdumpy.memory import open_dump
     with open_dump(args.dumps) as mem:
         d = mem.info()
+        gdb = _gdb_hint(mem)
+        if gdb is not None:
+            d["gdb"] = gdb
     if args.json:
         json.dump(d, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")

@@ -57,8 +57,7 @@ def cmd_crashkernel(args: argparse.Namespace) -> int:
         ram, _src = sysfs.ram_size(paths)
         if not ram:
             raise KdumpyError("cannot tell this machine's RAM size; pass --ram SIZE")
-    release = args.kernel_release or (None if args.ram is not None
-                                      else sysfs.kernel_release(paths))
+    release = args.kernel_release or sysfs.kernel_release(paths)
     rules = KernelRules.for_kernel(release, _arch(args))
     res = evaluate(normalise_spec(args.spec), ram, rules)
     if args.json:
@@ -300,7 +299,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ram", metavar="SIZE", help="RAM size, e.g. 16G (default: this machine's)")
     p.add_argument("--kernel-release", metavar="R",
                    help="apply the rules of this kernel release, e.g. 6.1.0-27-amd64 "
-                        "(default: the running one, or the newest with --ram)")
+                        "(default: the running one)")
     p.add_argument("--arch", help="architecture (default: this machine's)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _common(p, config=False)

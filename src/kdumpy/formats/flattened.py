@@ -131,6 +131,8 @@ class FlattenedImage:
             size.append(length)
             srcpos.append(pos + _REC.size)
             pos += _REC.size + length
+            if len(dst) % 64 == 0:
+                _drop_mapped(buf)
         d = np.array(dst, dtype=np.int64)
         s = np.array(size, dtype=np.int64)
         p = np.array(srcpos, dtype=np.int64)
@@ -155,7 +157,11 @@ class FlattenedImage:
         end = offset + length
         i = int(np.searchsorted(self._end, offset, side="right"))
         n = len(self._dst)
+        pieces = 0
         while i < n and self._dst[i] < end:
+            pieces += 1
+            if pieces % 64 == 0:  # a read across many records (a descriptor table)
+                _drop_mapped(self.buf)
             lo = max(offset, int(self._dst[i]))
             hi = min(end, int(self._end[i]))
             if hi > lo:
@@ -163,6 +169,18 @@ class FlattenedImage:
                 out[lo - offset:hi - offset] = self.buf[sp:sp + hi - lo]
             i += 1
         return bytes(out)
+
+
+def _drop_mapped(buf) -> None:
+    """Each record header read through an mmap faults in its neighbourhood (fault-around):
+    walking a large stream would map most of it. Drop the mappings as the walk goes."""
+    madvise = getattr(buf, "madvise", None)
+    if madvise is not None:
+        import mmap
+        try:
+            madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
 
 
 def _paint(dst: list[int], size: list[int], srcpos: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -3,7 +3,9 @@
 kdump-utils' ``failure_action``/``final_action`` values (minus ``dump_to_rootfs``). Under
 systemd (``/run/systemd/system`` exists, sd_booted(3)) ``systemctl --force reboot`` stops
 no services but still unmounts cleanly (systemctl(1): ``--force`` given once); without
-systemd, ``reboot -f`` and friends. ``shell`` starts systemd's ``emergency.target`` (a root
+systemd as PID 1 (a plain initramfs, a chroot), ``reboot -f -f`` and friends: twice forced
+is the reboot(2) call itself for systemd's binaries, and busybox/sysvinit take the repeated
+flag alike; everything was synced before. ``shell`` starts systemd's ``emergency.target`` (a root
 shell on the console), or ``/bin/sh`` on the console without systemd. The runner is
 injectable: tests and ``kdumpy capture --no-action`` record the action instead.
 """
@@ -30,7 +32,7 @@ def action_argv(action: str, systemd: bool) -> list[str]:
     if action == "shell":
         return (["systemctl", "--no-block", "isolate", "emergency.target"] if systemd
                 else ["/bin/sh"])
-    return ["systemctl", "--force", action] if systemd else [action, "-f"]
+    return ["systemctl", "--force", action] if systemd else [action, "-f", "-f"]
 
 
 class SystemActions:

@@ -60,10 +60,6 @@ def kernel_release(paths: SystemPaths) -> str:
     return text.strip() if text and text.strip() else os.uname().release
 
 
-def machine(paths: SystemPaths) -> str:
-    return os.uname().machine
-
-
 @dataclass
 class IomemRange:
     start: int
