@@ -132,6 +132,23 @@ def _reserved_bit_checked(mem: DumpMemory, sections: "MemSections", rules: PageR
     return bool(flags & rules.pg_reserved)
 
 
+def check_filter_keys(mem: DumpMemory, level: int, *, allow_partial: bool = False) -> None:
+    """Raise :class:`MissingKeyError` now if ``level`` cannot be honoured (before anything
+    is written), unless ``allow_partial`` lets the level be skipped."""
+    if not level & ~1:
+        return
+    if mem.vmcoreinfo is None:
+        if allow_partial:
+            return
+        raise MissingKeyError(f"{mem.path}: no VMCOREINFO: dump level {level} needs it")
+    PageRules(mem.vmcoreinfo, mem.page_size, level, allow_partial=allow_partial)
+    try:
+        MemSections(mem)
+    except MissingKeyError:
+        if not allow_partial:
+            raise
+
+
 def filter_pages(mem: DumpMemory, level: int, *, allow_partial: bool = False,
                  protect_kernel_image: bool = True) -> FilterResult:
     """Bitmap 2 of ``mem`` with the page classes of ``level`` (bits 2, 4, 8, 16) removed.

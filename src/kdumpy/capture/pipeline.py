@@ -261,7 +261,9 @@ def write_elf(mem: DumpMemory, sink, opts: SaveOptions, dumpable: np.ndarray,
             seg_keep = np.arange(npages) < -(-filesz // ps)
         else:
             seg_keep = bm.bits_range(keep, pfn0, npages) & (np.arange(npages) < -(-filesz // ps))
-        loads.extend(plan_filtered_loads(pa, va, memsz, seg_keep, ps))
+        # p_vaddr 0 is "no virtual address": the pieces of a split segment keep it
+        loads.extend((p, v if va else 0, f, m)
+                     for p, v, f, m in plan_filtered_loads(pa, va, memsz, seg_keep, ps))
     phdrs = new_phdrs(1 + len(loads), header.elfclass)
     head_size = elf_core_headers_size(header.elfclass, len(phdrs))
     phdrs[0]["p_type"] = PT_NOTE

@@ -85,6 +85,8 @@ def cmd_save(args: argparse.Namespace) -> int:
     fmt = args.format or ("elf" if args.elf32 else "kdump")
     compress = args.compress or ("none" if fmt == "elf" else "lzo")
     with open_dump(src) as mem:
+        from kdumpy.capture.filter import check_filter_keys
+        check_filter_keys(mem, levels[0], allow_partial=args.allow_partial_filter)
         if dest != "-" and not args.no_dmesg:
             _save_dmesg(mem, args.dmesg or None, dest, args.force, args.quiet)
         for i, level in enumerate(levels):
