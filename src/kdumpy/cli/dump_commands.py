@@ -84,6 +84,9 @@ def cmd_save(args: argparse.Namespace) -> int:
     levels = parse_dump_levels(args.dump_level)
     fmt = args.format or ("elf" if args.elf32 else "kdump")
     compress = args.compress or ("none" if fmt == "elf" else "lzo")
+    if fmt == "elf" and compress != "none":
+        raise KdumpyError(f"--compress {compress}: ELF dumps hold raw pages; "
+                          "use --format kdump or flat to compress")
     with open_dump(src) as mem:
         from kdumpy.capture.filter import check_filter_keys
         check_filter_keys(mem, levels[0], allow_partial=args.allow_partial_filter)
