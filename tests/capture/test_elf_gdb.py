@@ -88,8 +88,13 @@ def test_memsz_only_pt_loads_do_not_repeat_threads(tmp_path):
     """A PT_LOAD at p_offset 0 made gdb's BFD read the notes again, adding every thread
     again under new numbers; memsz-only PT_LOADs now point past the data."""
     core = make_vmcore(str(tmp_path / "core"))
+    raw = bytearray(Path(core.path).read_bytes())
+    phnum = struct.unpack_from("<H", raw, 56)[0]
+    struct.pack_into("<Q", raw, 64 + 56 * (phnum - 1) + 32, 0)   # last PT_LOAD: p_filesz 0
+    src = tmp_path / "memsz-only"
+    src.write_bytes(bytes(raw))
     out = tmp_path / "d.elf"
-    assert main(["save", "-q", "--no-dmesg", "-d", "1", "-f", "elf", core.path, str(out)]) == 0
+    assert main(["save", "-q", "--no-dmesg", "-d", "1", "-f", "elf", str(src), str(out)]) == 0
     with open_dump(out) as mem:
         loads = mem.core.phdrs[mem.core.phdrs["p_type"] == PT_LOAD]
         assert (loads["p_filesz"] == 0).any() and (loads["p_offset"] > 0).all()
@@ -137,7 +142,7 @@ def test_elf32_refused_above_4gib(tmp_path, capsys):
     high.write_bytes(bytes(raw))
     out = tmp_path / "d32.elf"
     capsys.readouterr()
-    assert main(["save", "-q", "--no-dmesg", "--elf32", str(high), str(out)]) == 1
+    assert main(["save", "-q", "--no-dmesg", "-d", "1", "--elf32", str(high), str(out)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--elf32" in err and "4 GiB" in err, err
     assert f"{paddr + (1 << 32):#x}" in err
@@ -145,13 +150,13 @@ def test_elf32_refused_above_4gib(tmp_path, capsys):
     assert main(["convert", "-q", "--elf32", str(high), str(out)]) == 1
     assert "4 GiB" in capsys.readouterr().err and not out.exists()
     # without --elf32 the same dump is written as ELF64
-    assert main(["save", "-q", "--no-dmesg", "-f", "elf", str(high), str(out)]) == 0
+    assert main(["save", "-q", "--no-dmesg", "-d", "1", "-f", "elf", str(high), str(out)]) == 0
     assert elf_header(out)[0] == 2
 
 
 def test_elf32_is_for_elf_output(tmp_path, capsys):
     core = make_vmcore(str(tmp_path / "core"))
-    assert main(["save", "-q", "--no-dmesg", "-f", "kdump", "--elf32", core.path,
+    assert main(["save", "-q", "--no-dmesg", "-d", "1", "-f", "kdump", "--elf32", core.path,
                  str(tmp_path / "x")]) == 1
     assert "--format elf" in capsys.readouterr().err
 

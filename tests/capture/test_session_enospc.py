@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from synth import make_vmcore
 
-from kdumpy.capture.session import run_capture
+from kdumpy.service import run_capture
 from kdumpy.setup.actions import RecordedActions
 from kdumpy.setup.config import parse_config
 from kdumpy.setup.paths import SystemPaths

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from synth import make_vmcore
 
-from kdumpy.capture.session import CaptureSession, run_capture
+from kdumpy.service import CaptureSession, run_capture
 from kdumpy.cli import main
 from kdumpy.memory import open_dump
 from kdumpy.setup.actions import RecordedActions, action_argv

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from synth import make_vmcore
 
-from kdumpy.capture.session import run_capture
+from kdumpy.service import run_capture
 from kdumpy.capture.targets import SshDirectory
 from kdumpy.errors import DumpFormatError
 from kdumpy.formats.flattened import reassemble

@@ -5,7 +5,7 @@ is ever overwritten), fsynced and renamed to ``DEST`` only when whole; an existi
 ``DEST`` is kept unless the caller forces. A dump that fails part-way stays as
 ``DEST.incomplete`` with the format's incomplete mark set, as makedumpfile does.
 
-Directories for the capture session (:mod:`kdumpy.capture.session`):
+Directories for the capture session (:mod:`kdumpy.service`):
 
 * :class:`LocalDirectory`: a local (or NFS-mounted, see :class:`NfsMount`) directory.
 * :class:`SshDirectory`: a directory on an SSH server, reached with the OpenSSH client

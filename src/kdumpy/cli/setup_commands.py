@@ -254,7 +254,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    from kdumpy.capture.session import COMPLETE, CaptureSession
+    from kdumpy.service import COMPLETE, CaptureSession
     from kdumpy.setup.actions import RecordedActions, SystemActions
     from kdumpy.setup.config import load_config
     from kdumpy.setup.units import CAPTURE_FAILED_HANDLED

@@ -14,5 +14,5 @@
 - :mod:`.units`: systemd units, the udev rule, ``kdumpy install``.
 - :mod:`.test_trigger`: ``kdumpy test``.
 
-The capture kernel's save job itself is :mod:`kdumpy.capture.session`.
+The capture kernel's save job itself is :mod:`kdumpy.service`.
 """

@@ -24,6 +24,10 @@ steps, see docs in ``/work/shared/notes/setup-anchors.md``):
 
 The kernel log and the report come from :mod:`kdumpy.analysis` when it can read them; a
 dump whose log cannot be read gets a one-line ``dmesg.txt`` saying why.
+
+Layering: this module is the capture *service*: it combines the setup side (config, hooks,
+failure/final actions, recorded state) with the capture pipeline, so it sits above both
+``kdumpy.setup`` and ``kdumpy.capture`` and below the CLI.
 """
 
 from __future__ import annotations
