@@ -18,6 +18,9 @@ kdumpy's sources are unchanged (``KDUMPY_LAB_REUSE=any`` reuses it regardless).
     ``marker`` (string planted in the kernel log just before the crash).
 ``lab_crash_small``
     The same with the smaller reservation (``kdumpy.lab.corpus.SMALL_CRASHKERNEL``).
+``lab_service_crash``
+    A crash loaded with ``kdumpy load`` (kexec_file_load) and saved by ``kdumpy capture
+    --config`` (the capture service): ``directory / "service" / <host>-<time>/``.
 ``lab_raw``
     :class:`kdumpy.lab.vmcore.RawVmcore` over ``lab_crash.raw_vmcore`` (an ELF reader that
     shares no code with kdumpy, for use as an oracle).
@@ -35,7 +38,8 @@ from collections.abc import Iterator
 
 import pytest
 
-LAB_FIXTURES = {"lab_release", "lab_crash", "lab_crash_small", "lab_raw", "lab_crashes"}
+LAB_FIXTURES = {"lab_release", "lab_crash", "lab_crash_small", "lab_raw", "lab_crashes",
+                "lab_service_crash"}
 
 _releases: list[str] | None = None
 
@@ -68,7 +72,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.lab)
 
 
-def _lab_crash(release: str, crashkernel: str):  # -> LabCrash
+def _lab_crash(release: str, crashkernel: str, **options):  # -> LabCrash
     from kdumpy.lab.corpus import crash_for
     from kdumpy.lab.run import LabError
 
@@ -77,7 +81,7 @@ def _lab_crash(release: str, crashkernel: str):  # -> LabCrash
                     "through apt-cache (run `apt-get update`; the lab needs Debian 12 apt "
                     "sources)", pytrace=False)
     try:
-        return crash_for(release, crashkernel)
+        return crash_for(release, crashkernel, **options)
     except (LabError, RuntimeError, LookupError, OSError,
             subprocess.CalledProcessError) as exc:
         pytest.fail(f"lab run for {release} crashkernel={crashkernel} failed:\n{exc}",
@@ -98,6 +102,16 @@ def lab_crash_small(lab_release: str):
     from kdumpy.lab.corpus import SMALL_CRASHKERNEL
 
     return _lab_crash(lab_release, SMALL_CRASHKERNEL)
+
+
+@pytest.fixture(scope="session")
+def lab_service_crash(lab_release: str):
+    """A crash loaded by ``kdumpy load`` (kexec_file_load, no kexec-tools) and captured by
+    ``kdumpy capture --config`` (the service path) into the run directory's ``service/``."""
+    from kdumpy.lab.corpus import DEFAULT_CRASHKERNEL
+
+    return _lab_crash(lab_release, DEFAULT_CRASHKERNEL, loader="kdumpy",
+                      capture_steps=("raw", "service"))
 
 
 @pytest.fixture(scope="session")

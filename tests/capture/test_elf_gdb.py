@@ -36,7 +36,7 @@ GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10
 def gdb(*args: str, timeout: int = 300) -> str:
     try:
         r = subprocess.run(["gdb", "-nx", "-batch", *args], capture_output=True, text=True,
-                           timeout=timeout)
+                           timeout=timeout, check=False)
     except FileNotFoundError:
         pytest.fail("gdb is not installed (apt-get install gdb)", pytrace=False)
     return r.stdout + r.stderr
@@ -99,7 +99,7 @@ def test_memsz_only_pt_loads_do_not_repeat_threads(tmp_path):
         loads = mem.core.phdrs[mem.core.phdrs["p_type"] == PT_LOAD]
         assert (loads["p_filesz"] == 0).any() and (loads["p_offset"] > 0).all()
     text = gdb("-ex", "info threads", "-c", str(out))
-    assert re.search(r"^\*\s+1\s", text, re.M) and not re.search(r"^\s+2\s", text, re.M), text
+    assert re.search(r"^\*\s+1\s", text, re.MULTILINE) and not re.search(r"^\s+2\s", text, re.MULTILINE), text
 
 
 # -- ELF32 ---------------------------------------------------------------------------------
@@ -116,7 +116,8 @@ def test_elf32_round_trips_pages(tmp_path):
             assert mem.read_pfn(pfn) == data, pfn
         # the source's 64-bit kernel addresses do not fit: "no virtual address"
         assert (mem.core.loads["p_vaddr"] == 0).all()
-    readelf = subprocess.run(["readelf", "-h", str(out)], capture_output=True, text=True).stdout
+    readelf = subprocess.run(["readelf", "-h", str(out)], capture_output=True, text=True,
+                             check=True).stdout
     assert re.search(r"Class:\s+ELF32", readelf)
     text = gdb("-ex", "info registers rip", "-c", str(out))
     assert "elf32" in gdb("-ex", "info target", "-c", str(out))
@@ -223,7 +224,7 @@ def check_gdb_sees_the_crash(dump: Path, vmlinux: Path, capsys) -> None:
     if offset:  # KASLR: gdb does not relocate vmlinux for a core, the command does
         assert f"symbol-file -o {offset:#x} " in hint["command"]
     argv = gdb_from_info(hint, vmlinux, "info registers", "bt")
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
     out = r.stdout + r.stderr
     got = gdb_registers(out)
     assert got and all(got[k] == want[k] for k in GPRS), (argv, out[-3000:])
@@ -261,7 +262,7 @@ def test_other_readers_of_the_elf(lab_crash, vmlinux, saved_elf, tmp_path):
     """The stack PT_LOADs come before the RAM ones: makedumpfile takes the direct-map base
     from the last PT_LOAD below __START_KERNEL_map, and still reads the log; drgn unwinds."""
     r = subprocess.run(["makedumpfile", "--dump-dmesg", str(saved_elf), str(tmp_path / "log")],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     assert lab_crash.marker.encode() in (tmp_path / "log").read_bytes()
     import drgn

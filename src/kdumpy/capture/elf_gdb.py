@@ -31,13 +31,16 @@ What gdb does with an ELF core (GNU gdb 13 with its BFD, checked against Debian'
   KERNEL_IMAGE_SIZE``; ``cleanup_highmap()`` unmaps everything around the image).
 - Threads come from the NT_PRSTATUS notes, in order. BFD names each note's registers
   ``.reg/<pr_pid>`` and also ``.reg`` for the first note; gdb makes one thread per
-  ``.reg/N`` section, ptid (1, N), numbered from 1 in note order; a repeated pid replaces
+  ``.reg/N`` section, ptid (1, N) (1 is gdb's made-up pid: kdump cores have no
+  NT_PRPSINFO), numbered from 1 in note order; a repeated pid replaces
   the earlier thread (a new number), and a thread's registers are those of the first note
   with its pid, or of the first note of all (``.reg``) for pid 0 (idle tasks). The
   current thread after loading is the first note's. kdumpy keeps the notes in CPU order,
   because crash (``map_cpus_to_prstatus()``), drgn and kdumpy's own report take note *i*
   to be the *i*-th online CPU; :func:`gdb_thread_for_note` says which gdb thread shows a
-  given note, and :func:`gdb_command` selects it with ``thread N``.
+  given note, and :func:`gdb_command` selects it with ``thread N``. (A PT_LOAD with
+  ``p_offset`` 0 makes BFD read the notes once more, so every thread is added again under
+  a new number; ``write_elf`` never writes one.)
 - gdb does not relocate an ``ET_EXEC`` file for a core (``svr4_exec_displacement()``
   only handles ``ET_DYN``), so with KASLR (VMCOREINFO ``KERNELOFFSET``, non-zero on
   Debian's default boot) ``gdb vmlinux DUMP`` cannot symbolise anything: the symbols must
@@ -111,13 +114,15 @@ def _is_64bit(mem: DumpMemory) -> bool:
     return MACHINE_WORD.get(mem.machine, 64) == 64
 
 
-def _is_direct_map(va: int) -> bool:
+def _below_image(va: int) -> bool:
+    """A kernel virtual address below ``__START_KERNEL_map`` (direct map, vmalloc, ...);
+    0 is "no virtual address"."""
     return 0 < va < START_KERNEL_MAP
 
 
 def _complete_for_gdb(mem: DumpMemory, segs: list[Segment]) -> list[Segment]:
     pt = mem.page_tables()
-    if not any(_is_direct_map(va) for *_x, va in segs):
+    if not any(_below_image(va) for *_x, va in segs):
         base = direct_map_base(mem)
         if base is not None:
             segs = [(pa, msz, fsz, base + pa if va == 0 else va) for pa, msz, fsz, va in segs]
@@ -125,7 +130,7 @@ def _complete_for_gdb(mem: DumpMemory, segs: list[Segment]) -> list[Segment]:
         image = kernel_image_segment(mem)
         if image is not None:
             segs = [image] + segs
-    ram_at = next((i for i, (*_x, va) in enumerate(segs) if _is_direct_map(va)), None)
+    ram_at = next((i for i, (*_x, va) in enumerate(segs) if _below_image(va)), None)
     if ram_at is None:
         return segs        # stack PT_LOADs would be taken for the direct map (module notes)
     covered = [(va, va + msz) for _pa, msz, _f, va in segs if va]
@@ -189,13 +194,13 @@ def direct_map_base(mem: DumpMemory) -> int | None:
     and below ``__START_KERNEL_map`` (older kernels export the array's image address)."""
     vi = mem.vmcoreinfo
     va = vi.symbol("mem_section") if vi is not None else None
-    if va is None or not _is_direct_map(va):
+    if va is None or not _below_image(va):
         return None
     try:
         base = va - mem.virt_to_phys(va)
     except KdumpyError:
         return None
-    if base % PUD_SIZE or not _is_direct_map(base):
+    if base % PUD_SIZE or not _below_image(base):
         return None
     return base
 

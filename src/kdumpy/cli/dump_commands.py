@@ -217,11 +217,14 @@ def _gdb_hint(mem) -> dict[str, Any] | None:
         return None
     from kdumpy.analysis.report import build_report, debuginfo_candidates
     from kdumpy.capture.elf_gdb import gdb_hint
-    report = build_report(mem, log_lines=0, backtrace=False)
-    crashing = report.get("crashing_cpu") or {}
-    vmlinux = next((p for p in debuginfo_candidates(report["kernel"]["release"])
-                    if os.path.exists(p)), "vmlinux")
-    return gdb_hint(mem, crashing.get("note_index"), vmlinux=vmlinux)
+    try:
+        report = build_report(mem, log_lines=0, backtrace=False)
+        crashing = report.get("crashing_cpu") or {}
+        vmlinux = next((p for p in debuginfo_candidates(report["kernel"]["release"])
+                        if os.path.exists(p)), "vmlinux")
+        return gdb_hint(mem, crashing.get("note_index"), vmlinux=vmlinux)
+    except KdumpyError:
+        return None               # a description of the dump matters more than the hint
 
 
 def cmd_info(args: argparse.Namespace) -> int:

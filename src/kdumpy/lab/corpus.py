@@ -49,8 +49,10 @@ class LabCrash:
         art = run.meta["artifacts"]
         return cls(release=run.meta["release"], crashkernel=run.meta["crashkernel"],
                    directory=run.directory, raw_vmcore=Path(art["raw_vmcore"]),
-                   kdumpy_dump=Path(art["kdumpy_dump"]),
-                   makedumpfile_flat=Path(art["makedumpfile_flat"]),
+                   # runs without the save / makedumpfile steps (the service run) lack these
+                   kdumpy_dump=Path(art.get("kdumpy_dump", run.directory / "kdumpy.kdump")),
+                   makedumpfile_flat=Path(art.get("makedumpfile_flat",
+                                                  run.directory / "makedumpfile.flat")),
                    serial_log=Path(art["serial_log"]), meta=run.meta)
 
 

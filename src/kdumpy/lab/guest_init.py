@@ -144,6 +144,15 @@ find_disk() {
 
 # ---------------------------------------------------------------- first kernel
 kexec_load() {
+    if [ -n "$LAB_LOAD_ARGV" ]; then
+        # kdumpy load: kexec_file_load(2) through ctypes, no kexec-tools
+        eval "set -- $LAB_LOAD_ARGV"
+        chroot /host "$@" > /out/kdumpy-load.log 2>&1
+        lrc=$?
+        tail_output kdumpy_load /out/kdumpy-load.log 10
+        [ $lrc = 0 ] && say value kexec_mode kdumpy-file
+        return $lrc
+    fi
     if [ "$LAB_KEXEC_MODE" != load ]; then
         chroot /host "$LAB_KEXEC" -s -p "$LAB_VMLINUZ" --initrd="$LAB_INITRD" \
             --append="$LAB_CAPTURE_APPEND"
@@ -230,6 +239,16 @@ run_makedumpfile() {
     return $mrc
 }
 
+run_service() {
+    eval "set -- $LAB_SERVICE_ARGV"
+    memwatch_start
+    chroot /host "$@" > /out/kdumpy-service.log 2>&1
+    src=$?
+    memwatch_stop service_min_mem_available_kb
+    tail_output kdumpy_service /out/kdumpy-service.log 20
+    return $src
+}
+
 run_save() {
     eval "set -- $LAB_SAVE_ARGV"
     memwatch_start
@@ -250,6 +269,7 @@ capture() {
             raw) step raw_copy raw_copy ;;
             makedumpfile) step makedumpfile run_makedumpfile ;;
             save) step kdumpy_save run_save ;;
+            service) step kdumpy_service run_service ;;
             *) say value unknown_step "$s"; continue ;;
         esac || { dmesg > /tmp/dmesg.txt; tail_output "dmesg_after_$s" /tmp/dmesg.txt 30; }
     done

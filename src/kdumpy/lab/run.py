@@ -27,6 +27,7 @@ import os
 import queue
 import secrets
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -95,6 +96,7 @@ class RunOptions:
     cpu: str = "max"
     accel: str = "auto"
     kexec_mode: str = "auto"          # auto (file, then load), file, load
+    loader: str = "kexec-tools"       # kexec-tools, or kdumpy (`kdumpy load`, kexec_file_load)
     save_with: str = "kdumpy"         # kdumpy, or makedumpfile as a stand-in while developing
     dump_level: int = 1
     compress: str = "lzo"
@@ -140,6 +142,25 @@ def reuse_policy() -> str:
     if value not in ("strict", "any"):
         raise ValueError(f"KDUMPY_LAB_REUSE must be strict or any, not {value!r}")
     return value
+
+
+SERVICE_CONFIG = "kdumpy.toml"
+SERVICE_TARGET = "service"
+
+
+def kdumpy_argv(*args: str) -> list[str]:
+    """``python -m kdumpy ARGS`` as the guest runs it inside the chroot (this checkout)."""
+    return ["/usr/bin/env", f"PYTHONPATH={project_src()}", "PYTHONDONTWRITEBYTECODE=1",
+            "HOME=/tmp", "TMPDIR=/tmp", "LC_ALL=C.UTF-8", sys.executable, "-m", "kdumpy", *args]
+
+
+def service_config(directory: Path, options: RunOptions) -> str:
+    """The config ``kdumpy capture`` reads in the capture kernel: the run directory's
+    ``service/`` as a path target, dump level 31, no final action (the lab powers off)."""
+    target = directory / SERVICE_TARGET
+    return (f'[dump]\nlevel = [31, 17]\ncompression = "{options.compress}"\n\n'
+            f'[target]\npath = "{target}"\n\n'
+            '[actions]\nfailure = "poweroff"\nfinal = "poweroff"\n')
 
 
 def save_argv(options: RunOptions, dest: Path) -> list[str]:
@@ -194,8 +215,9 @@ class CrashRun:
         return Path(self.meta["artifacts"][name])
 
 
-def run_directory(release: str, crashkernel: str) -> Path:
-    return release_dir(release) / f"crash-{crashkernel}"
+def run_directory(release: str, crashkernel: str, options: RunOptions | None = None) -> Path:
+    suffix = "-service" if options is not None and options.loader == "kdumpy" else ""
+    return release_dir(release) / f"crash-{crashkernel}{suffix}"
 
 
 def _recipe(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: str) -> dict:
@@ -243,7 +265,7 @@ def ensure_run(spec: str, options: RunOptions | None = None, *, fresh: bool = Fa
     recipe = _recipe(kernel, initramfs, options, accel)
     key = _key(recipe)
     digest = kdumpy_digest() if options.save_with == "kdumpy" else None
-    directory = run_directory(kernel.release, options.crashkernel)
+    directory = run_directory(kernel.release, options.crashkernel, options)
     with locked(directory.with_name(directory.name + ".lock")):
         if not fresh:
             want_digest = digest if reuse_policy() == "strict" else None
@@ -346,6 +368,8 @@ def _execute(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: s
     for child in directory.iterdir():
         if child.is_file() or child.is_symlink():
             child.unlink()
+        elif child.is_dir() and child.name == SERVICE_TARGET:
+            shutil.rmtree(child)
     paths = {name: directory / fname for name, fname in ARTIFACTS.items()}
     marker_hex = secrets.token_hex(8)
     marker = f"KDUMPY-LAB-MARKER-{marker_hex}"
@@ -372,6 +396,14 @@ def _execute(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: s
         "LAB_SAVE_ARGV": shlex.join(argv_save),
         "LAB_CAPTURE_STEPS": " ".join(options.capture_steps),
     }
+    if options.loader == "kdumpy":
+        config["LAB_LOAD_ARGV"] = shlex.join(kdumpy_argv(
+            "load", "--kernel", str(kernel.vmlinuz), "--initrd", str(initramfs.path),
+            "--cmdline", options.capture_append, "--method", "file", "--json"))
+    if "service" in options.capture_steps:
+        (directory / SERVICE_CONFIG).write_text(service_config(directory, options))
+        config["LAB_SERVICE_ARGV"] = shlex.join(kdumpy_argv(
+            "capture", "--config", str(directory / SERVICE_CONFIG), "--no-action", "--json"))
     check_visible([directory, kernel.vmlinuz, initramfs.path, kernel.system_map,
                    Path(sys.executable), project_src()])
     (directory / "lab-config.sh").write_text(render_config(config))
@@ -397,7 +429,8 @@ def _execute(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: s
     marks: dict[str, float] = {}
     step_limits = {"kexec_load": timeout("kexec_load"), "fill": timeout("fill"),
                    "raw_copy": timeout("raw_copy"), "makedumpfile": timeout("makedumpfile"),
-                   "kdumpy_save": timeout("kdumpy_save")}
+                   "kdumpy_save": timeout("kdumpy_save"),
+                   "kdumpy_service": timeout("kdumpy_save")}
     try:
         marks["linux_version_first"] = watch.linux_version(timeout("boot"), "first kernel boot")
         role = watch.event("role", None, timeout("boot"), "first kernel /init")
@@ -588,6 +621,11 @@ def _problems(meta: dict[str, Any], paths: dict[str, Path], options: RunOptions)
             problems.append(f"{dump.name} missing or empty")
         if dump.with_name(dump.name + ".incomplete").exists():
             problems.append(f"{dump.name}.incomplete left behind")
+    if "service" in options.capture_steps:
+        target = paths["serial_log"].parent / SERVICE_TARGET
+        dumps = sorted(target.glob("*/vmcore")) if target.is_dir() else []
+        if not dumps:
+            problems.append(f"{SERVICE_TARGET}/<host>-<time>/vmcore missing")
     if meta["booted_release"] != meta["release"]:
         problems.append(f"guest ran {meta['booted_release']!r}, expected {meta['release']!r}")
     return problems
