@@ -34,10 +34,15 @@ def run(argv: list[str], out: str | None) -> tuple[float, float, int]:
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     el = time.perf_counter() - t0
     if r.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed:\n{r.stderr[-2000:]}")
+        last = [ln for ln in r.stderr.splitlines() if ln.strip() and "KDUMPY_RSS_KB" not in ln]
+        raise ToolFailed(f"{' '.join(argv[:3])}... failed: {last[-1] if last else r.returncode}")
     kb = int(r.stderr.rsplit("KDUMPY_RSS_KB=", 1)[1].split()[0])
     size = os.path.getsize(out) if out else 0
     return el, kb / 1024, size
+
+
+class ToolFailed(Exception):
+    """One tool's run failed (e.g. Debian's makedumpfile --num-threads aborts on large input)."""
 
 
 def med(rows: list[tuple[float, float, int]]) -> tuple[float, float, int]:
@@ -68,12 +73,22 @@ def main() -> int:
                 for codec, flag in (("zlib", "-c"), ("lzo", "-l")):
                     for thr in sorted({1, args.threads}):
                         ks, ms = [], []
+                        failed = ""
                         for _ in range(args.repeat):
                             ks.append(run(kd + ["save", "-q", "--no-dmesg", "--threads", str(thr),
                                                 "-d", level, "-c", codec, vm, o_k], o_k))
                             mt = [] if thr == 1 else ["--num-threads", str(thr)]
-                            ms.append(run(["makedumpfile", flag, *mt, "-d", level, vm, o_m], o_m))
-                        k, m = med(ks), med(ms)
+                            try:
+                                ms.append(run(["makedumpfile", flag, *mt, "-d", level, vm, o_m], o_m))
+                            except ToolFailed as exc:
+                                failed = str(exc)
+                        k = med(ks)
+                        if not ms:
+                            results.append({"input": vm, "level": int(level), "codec": codec,
+                                            "threads": thr, "kdumpy": k, "makedumpfile": failed})
+                            print(f"{level:>5} {codec:6} {thr:>3} | {k[0]:8.2f}  makedumpfile: {failed}")
+                            continue
+                        m = med(ms)
                         row = {"input": vm, "level": int(level), "codec": codec, "threads": thr,
                                "kdumpy": k, "makedumpfile": m,
                                "ratio_time": k[0] / m[0], "ratio_size": k[2] / m[2],

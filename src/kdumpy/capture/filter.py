@@ -208,7 +208,7 @@ def filter_pages(mem: DumpMemory, level: int, *, allow_partial: bool = False,
                     protect = np.zeros(n, dtype=bool)
                 protect[max(s_, pfn0) - pfn0:min(e_, pfn0 + n) - pfn0] = True
         read_since_trim += len(raw)
-        if read_since_trim >= 16 << 20:  # struct pages read through the mmap count as RSS
+        if read_since_trim >= 4 << 20:  # struct pages read through the mmap count as RSS
             mem.trim()
             read_since_trim = 0
         cls, nr_pages, warns, saved = rules.classify(raw, pfn0, decide, protect)

@@ -175,21 +175,31 @@ def build_load_request(args: argparse.Namespace) -> dict[str, Any]:
         cmdline = build_capture_cmdline(base, arch=_arch(args), remove=cfg.load.cmdline_remove,
                                         append=[*cfg.load.cmdline_append, *(args.append or [])])
     method = LOAD_METHOD_NAMES[args.method] if args.method else cfg.load.method
-    return {"kernel": kernel, "initrd": initrd, "cmdline": cmdline, "method": method}
+    req: dict[str, Any] = {"kernel": kernel, "initrd": initrd, "cmdline": cmdline,
+                           "method": method}
+    if cfg.triggers:
+        req["triggers"] = dict(cfg.triggers)
+    return req
 
 
 def cmd_load(args: argparse.Namespace) -> int:
     from kdumpy.setup import sysfs
     from kdumpy.setup.kexec import Kexec
     paths = _paths(args)
+    from kdumpy.setup import triggers as trig
     req = build_load_request(args)
+    wanted: dict[str, int] = req.get("triggers", {})
     if args.dry_run:
         if args.json:
             _dump_json(req)
         else:
             for k in ("kernel", "initrd", "cmdline", "method"):
                 print(f"{k:8} {req[k]}")
+            for name, value in wanted.items():
+                print(f"trigger  {name} = {trig.describe(name, value)}")
         return 0
+    # a knob this kernel lacks is an error before anything is loaded
+    trig.check_available(paths, wanted)
     size = sysfs.crash_reservation(paths).size
     if size == 0:
         raise KdumpyError("no memory is reserved for the capture kernel "
@@ -201,15 +211,23 @@ def cmd_load(args: argparse.Namespace) -> int:
     for n in res.notes:
         print(f"kdumpy: note: {n}", file=sys.stderr)
     loaded = sysfs.crash_loaded(paths)
-    if args.json:
-        _dump_json({"method": res.method, "kernel": res.kernel, "initrd": res.initrd,
-                    "cmdline": res.cmdline, "loaded": loaded, "notes": res.notes})
-    else:
-        print(f"kdumpy: loaded {res.kernel} with {res.method}")
-        print(f"kdumpy: capture command line: {res.cmdline}")
     if loaded is False:
         raise KdumpyError("the load call succeeded but /sys/kernel/kexec_crash_loaded still "
                           "reads 0")
+    # the panic triggers go on only once a capture kernel is there to catch the panic
+    applied = trig.apply(paths, wanted)
+    if args.json:
+        _dump_json({"method": res.method, "kernel": res.kernel, "initrd": res.initrd,
+                    "cmdline": res.cmdline, "loaded": loaded, "notes": res.notes,
+                    "triggers": {a.name: {"before": a.before, "after": a.after}
+                                 for a in applied}})
+    else:
+        print(f"kdumpy: loaded {res.kernel} with {res.method}")
+        print(f"kdumpy: capture command line: {res.cmdline}")
+        for a in applied:
+            print(f"kdumpy: {trig.SYSCTL_DIR}/{a.name} = {trig.describe(a.name, a.after)}"
+                  + (f" (was {trig.describe(a.name, a.before)})"
+                     if a.before is not None and a.before != a.after else ""))
     return 0
 
 
@@ -227,10 +245,27 @@ def cmd_unload(args: argparse.Namespace) -> int:
 def cmd_install(args: argparse.Namespace) -> int:
     import shlex
 
+    from kdumpy.setup.config import load_config
     from kdumpy.setup.units import install
     cmd = shlex.split(args.kdumpy) if args.kdumpy else None
-    for item in install(_paths(args), cmd):
-        print(f"{'wrote' if item.written else 'kept '} {item.path}")
+    paths = _paths(args)
+    cfg = load_config(_config_path(args), must_exist=bool(args.config))
+    for item in install(paths, cmd, triggers=cfg.triggers):
+        word = "removed" if item.removed else "wrote" if item.written else "kept "
+        print(f"{word} {item.path}")
+    if args.initramfs:
+        from kdumpy.setup import early, sysfs
+        from kdumpy.setup.cmdline import build_capture_cmdline
+        from kdumpy.setup.units import install_early
+        base = cfg.load.cmdline if cfg.load.cmdline is not None else sysfs.cmdline(paths)
+        capture = build_capture_cmdline(base, arch=_arch(args), remove=[
+            *cfg.load.cmdline_remove, early.SWITCH], append=cfg.load.cmdline_append)
+        gens = early.detect_generators(paths)
+        for item in install_early(paths, capture):
+            print(f"wrote {item.path}")
+        for g in gens or ["initramfs-tools"]:
+            print(f"early kdump ({g}): {early.REBUILD[g]}, then add {early.SWITCH} to the "
+                  "kernel command line")
     root = "" if args.root == "/" else f" (in {args.root})"
     print(f"next{root}: systemctl daemon-reload && systemctl enable --now kdumpy.service; "
           "udevadm control --reload")
@@ -355,7 +390,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kdumpy", metavar="COMMAND",
                    help="how the units run kdumpy (default: the kdumpy script on PATH, else "
                         "this Python with -m kdumpy)")
-    _common(p, config=False)
+    p.add_argument("--initramfs", action="store_true",
+                   help="also install early-kdump hooks (initramfs-tools, dracut, "
+                        "mkinitcpio): the capture kernel is loaded from the initramfs when "
+                        "rd.earlykdump is on the kernel command line")
+    p.add_argument("--arch", help=argparse.SUPPRESS)
+    _common(p)
     p.set_defaults(func=cmd_install)
 
     p = sub.add_parser("test", help="crash the machine now (sysrq-c) to test kdump end to end")

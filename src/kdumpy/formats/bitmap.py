@@ -93,7 +93,7 @@ def put_bits(bitmap: np.ndarray, start: int, bits: np.ndarray) -> None:
         bitmap[sb + full] = keep | int(packed[full])
 
 
-def runs(bitmap: np.ndarray, nbits: int | None = None, chunk_bits: int = 1 << 24) -> Iterator[tuple[int, int]]:
+def runs(bitmap: np.ndarray, nbits: int | None = None, chunk_bits: int = 1 << 20) -> Iterator[tuple[int, int]]:
     """Half-open ``(start, end)`` runs of set bits, in ascending order, chunk by chunk."""
     nbits = len(bitmap) * 8 if nbits is None else nbits
     open_start: int | None = None  # a run that reached the end of the previous chunk

@@ -34,6 +34,10 @@ Facts the script relies on:
 * ``echo c > /proc/sysrq-trigger`` panics with "sysrq triggered crash"; with a crash kernel
   loaded the panic path kexecs into it. panic() raises the console loglevel itself, so the
   script can quiet the console (``/proc/sys/kernel/printk``) without losing the panic text.
+* With ``panic_on_taint`` holding a flag, writing that flag's value to
+  ``/proc/sys/kernel/tainted`` calls ``add_taint()``, which panics with "panic_on_taint
+  set ..." (kernel/panic.c; proc_taint() refuses with EINVAL only when
+  ``panic_on_taint_nousertaint`` is set).
 * virtio-blk exposes the QEMU ``serial=`` property as ``/sys/block/vdX/serial``.
 * busybox 1.35 ``date`` lacks ``%N``; the host's coreutils ``date`` (through the chroot) has it.
   busybox ``chroot`` runs its own applet for a bare command name (``date``), so host tools are
@@ -197,6 +201,27 @@ snapshot() {
     say value clock_uptime "$(cat /proc/uptime)"
 }
 
+# The [triggers] kdumpy load applied (LAB_TRIGGER_EXPECT: name=value words) read back.
+check_triggers() {
+    for kv in $LAB_TRIGGER_EXPECT; do
+        n=${kv%%=*}
+        v=${kv#*=}
+        got=$(cat "/proc/sys/kernel/$n") || return 1
+        say value "trigger_$n" "$got"
+        [ "$got" = "$v" ] || return 2
+    done
+}
+
+# How the first kernel dies (LAB_TRIGGER): sysrq-c, or a taint flag written to
+# /proc/sys/kernel/tainted with that flag in panic_on_taint (add_taint() panics).
+crash_now() {
+    case "${LAB_TRIGGER:-sysrq}" in
+        sysrq) echo c > /proc/sysrq-trigger ;;
+        taint) echo "$LAB_TRIGGER_TAINT" > /proc/sys/kernel/tainted ;;
+        *) say value unknown_trigger "$LAB_TRIGGER" ;;
+    esac
+}
+
 first() {
     echo 1 > /proc/sys/kernel/sysrq
     if [ "${LAB_IDLE:-0}" = 1 ]; then
@@ -205,12 +230,13 @@ first() {
         while :; do sleep 3600; done
     fi
     must kexec_load kexec_load
+    [ -n "$LAB_TRIGGER_EXPECT" ] && must triggers check_triggers
     must fill fill_memory
     snapshot
     echo "KDUMPY-LAB-MARKER-$LAB_MARKER" > /dev/kmsg
     sync
     say crash-now up=$(uptime_s)
-    echo c > /proc/sysrq-trigger
+    crash_now
     fail crash 1
 }
 

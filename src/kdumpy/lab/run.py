@@ -36,13 +36,31 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from kdumpy.setup.triggers import BOOT_ONLY
+
 from .cache import locked, release_dir
 from .guest_init import render_config
 from .initramfs import Initramfs, ensure_initramfs, which_or_fail
 from .kernels import Kernel, ensure_kernel
-from .qemu import Disk, Machine, Share, build_command, choose_accelerator, parse_size, qemu_version
-from .serial import (Event, Line, LINUX_VERSION_RE, SerialCapture, Transcript, parse_event,
-                     parse_free, parse_meminfo)
+from .qemu import (
+    Disk,
+    Machine,
+    Share,
+    build_command,
+    choose_accelerator,
+    parse_size,
+    qemu_version,
+)
+from .serial import (
+    LINUX_VERSION_RE,
+    Event,
+    Line,
+    SerialCapture,
+    Transcript,
+    parse_event,
+    parse_free,
+    parse_meminfo,
+)
 
 Log = Callable[[str], None]
 
@@ -106,6 +124,41 @@ class RunOptions:
     fill_random_mb: int = 64
     fill_text_mb: int = 32
     fill_anon_mb: int = 48
+    trigger: str = "sysrq"            # how the first kernel dies: a key of TRIGGERS
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A way for the first kernel to die other than sysrq-c: the ``[triggers]`` config that
+    ``kdumpy load --config`` applies (each knob is read back by the guest before the crash),
+    and the panic message the dump's kernel log must then show."""
+
+    config: tuple[tuple[str, int], ...]
+    panic_text: str
+    taint_value: int = 0              # written to /proc/sys/kernel/tainted (kind "taint")
+    boot_append: str = ""             # first-kernel parameters the trigger needs
+
+
+#: ``taint``: panic_on_taint = USER (bit 6), then ``echo 64 > /proc/sys/kernel/tainted``;
+#: add_taint() panics with "panic_on_taint set ..." (kernel/panic.c). Debian 6.1 has no
+#: panic_on_taint sysctl, so the mask comes from ``panic_on_taint=40`` on the first kernel's
+#: command line and ``kdumpy load`` checks it there instead of writing. Every other knob is
+#: written too, so each round-trips config -> /proc/sys/kernel in the guest; softlockup_panic
+#: stays 0 because TCG is slow enough to trip the soft-lockup detector on its own.
+TRIGGERS: dict[str, Trigger] = {
+    "taint": Trigger(config=(("panic_on_oops", 1), ("panic_on_warn", 1),
+                             ("panic_on_taint", 1 << 6), ("panic_on_taint_nousertaint", 0),
+                             ("hardlockup_panic", 1), ("softlockup_panic", 0),
+                             ("unknown_nmi_panic", 1), ("panic_on_unrecovered_nmi", 1),
+                             ("sysrq", 1)),
+                     panic_text="Kernel panic - not syncing: panic_on_taint set ...",
+                     taint_value=1 << 6, boot_append="panic_on_taint=40"),
+}
+
+
+def trigger_config(trigger: Trigger) -> str:
+    """The kdumpy config the first kernel's ``kdumpy load --config`` reads."""
+    return "[triggers]\n" + "".join(f"{k} = {v}\n" for k, v in trigger.config)
 
 
 def timeout(name: str) -> float:
@@ -145,6 +198,7 @@ def reuse_policy() -> str:
 
 
 SERVICE_CONFIG = "kdumpy.toml"
+TRIGGER_CONFIG = "triggers.toml"
 SERVICE_TARGET = "service"
 
 
@@ -217,6 +271,8 @@ class CrashRun:
 
 def run_directory(release: str, crashkernel: str, options: RunOptions | None = None) -> Path:
     suffix = "-service" if options is not None and options.loader == "kdumpy" else ""
+    if options is not None and options.trigger != "sysrq":
+        suffix += f"-{options.trigger}"
     return release_dir(release) / f"crash-{crashkernel}{suffix}"
 
 
@@ -396,10 +452,25 @@ def _execute(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: s
         "LAB_SAVE_ARGV": shlex.join(argv_save),
         "LAB_CAPTURE_STEPS": " ".join(options.capture_steps),
     }
+    load_extra: list[str] = []
+    if options.trigger != "sysrq":
+        trigger = TRIGGERS.get(options.trigger)
+        if trigger is None:
+            raise ValueError(f"unknown lab trigger {options.trigger!r} (known: sysrq, "
+                             f"{', '.join(TRIGGERS)})")
+        if options.loader != "kdumpy":
+            raise ValueError("a trigger other than sysrq needs loader='kdumpy' (kdumpy load "
+                             "applies the [triggers] config)")
+        (directory / TRIGGER_CONFIG).write_text(trigger_config(trigger))
+        load_extra = ["--config", str(directory / TRIGGER_CONFIG)]
+        config["LAB_TRIGGER"] = options.trigger
+        config["LAB_TRIGGER_TAINT"] = trigger.taint_value
+        config["LAB_TRIGGER_EXPECT"] = " ".join(f"{k}={v}" for k, v in trigger.config
+                                                if k not in BOOT_ONLY)
     if options.loader == "kdumpy":
         config["LAB_LOAD_ARGV"] = shlex.join(kdumpy_argv(
             "load", "--kernel", str(kernel.vmlinuz), "--initrd", str(initramfs.path),
-            "--cmdline", options.capture_append, "--method", "file", "--json"))
+            "--cmdline", options.capture_append, "--method", "file", "--json", *load_extra))
     if "service" in options.capture_steps:
         (directory / SERVICE_CONFIG).write_text(service_config(directory, options))
         config["LAB_SERVICE_ARGV"] = shlex.join(kdumpy_argv(
@@ -409,6 +480,8 @@ def _execute(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: s
     (directory / "lab-config.sh").write_text(render_config(config))
     _make_sparse(paths["raw_vmcore"], (options.memory_mib + 256) << 20)
     append = f"{options.first_append} crashkernel={options.crashkernel}"
+    if options.trigger in TRIGGERS and TRIGGERS[options.trigger].boot_append:
+        append += " " + TRIGGERS[options.trigger].boot_append
     machine = Machine(
         kernel=kernel.vmlinuz, initrd=initramfs.path, append=append,
         memory_mib=options.memory_mib, smp=options.smp, cpu=options.cpu, accel=accel,
@@ -437,7 +510,10 @@ def _execute(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: s
         if role.name != "first":
             raise watch._fail(f"/init started as {role.name!r}, expected 'first'")
         marks["init_first"] = role.t
-        for name in ("insmod", "mount_shares", "kexec_load", "fill"):
+        first_steps = ["insmod", "mount_shares", "kexec_load", "fill"]
+        if options.trigger != "sysrq":
+            first_steps.insert(3, "triggers")
+        for name in first_steps:
             watch.step(name, step_limits.get(name, timeout("step")))
         marks["crash_now"] = watch.event("crash-now", None, timeout("crash_now")).t
         log(f"lab:   crash triggered at {marks['crash_now']:.1f} s")
@@ -575,6 +651,9 @@ def _collect_meta(transcript: Transcript, marks: dict[str, float], options: RunO
         "accelerator_reason": accel_reason,
         "qemu_version": qemu_version(),
         "kexec_mode": values.get("kexec_mode"),
+        "trigger": options.trigger,
+        "triggers_read_back": {k[len("trigger_"):]: v for k, v in values.items()
+                               if k.startswith("trigger_")},
         "marker": marker,
         "text_fill_line": f"KDUMPY-LAB-TEXT-{marker.rsplit('-', 1)[1]}",
         "meminfo": parse_meminfo(blocks.get("meminfo", [])),

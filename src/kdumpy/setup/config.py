@@ -34,6 +34,17 @@ with one line naming the file and the key. Example::
     pre_dir = "/etc/kdumpy/pre.d"
     post_dir = "/etc/kdumpy/post.d"
     timeout = 300
+
+    [triggers]                # /proc/sys/kernel knobs set by `kdumpy load` and `kdumpy install`
+    panic_on_oops = 1         # an oops panics (and so is dumped)
+    panic_on_warn = 0         # every WARN() panics
+    panic_on_taint = ["MACHINE_CHECK", "BAD_PAGE"]   # taint names, letters or a mask
+    # panic_on_taint_nousertaint = 1
+    # softlockup_panic = 1
+    # hardlockup_panic = 1
+    # unknown_nmi_panic = 1
+    # panic_on_unrecovered_nmi = 1
+    # sysrq = 1               # bit mask of allowed SysRq functions (1: all)
 """
 
 from __future__ import annotations
@@ -49,6 +60,8 @@ from urllib.parse import unquote, urlsplit
 from kdumpy.capture.pipeline import MAX_DUMP_LEVEL
 from kdumpy.errors import KdumpyError
 from kdumpy.setup.sizes import parse_size
+from kdumpy.setup.triggers import KNOBS as TRIGGER_KNOBS
+from kdumpy.setup.triggers import BadValue, parse_value
 
 ACTIONS = ("reboot", "poweroff", "halt", "shell")
 COMPRESSIONS = ("lzo", "zlib", "snappy", "zstd", "none")
@@ -122,6 +135,8 @@ class Config:
     target: TargetConfig = field(default_factory=TargetConfig)
     actions: ActionsConfig = field(default_factory=ActionsConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
+    #: [triggers]: /proc/sys/kernel knob -> value to write (only the configured ones)
+    triggers: dict[str, int] = field(default_factory=dict)
     source: str | None = None         # the file it came from (None: defaults)
 
 
@@ -220,6 +235,15 @@ def _ssh_options(v: Any) -> list[str]:
     return opts
 
 
+def _trigger(name: str) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        try:
+            return parse_value(name, v)
+        except BadValue as exc:
+            raise _Bad(str(exc)) from None
+    return check
+
+
 def _kind(v: Any) -> str:
     return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
             list: "a list", dict: "a table"}.get(type(v), type(v).__name__)
@@ -236,6 +260,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
                "ssh_options": _ssh_options, "nfs": _str, "nfs_options": _str},
     "actions": {"failure": _choice(ACTIONS), "final": _choice(ACTIONS)},
     "hooks": {"pre_dir": _abs_path, "post_dir": _abs_path, "timeout": _int_range(1, 86400)},
+    "triggers": {name: _trigger(name) for name in TRIGGER_KNOBS},
 }
 TARGET_KINDS = ("path", "ssh", "nfs")
 
@@ -346,6 +371,7 @@ def parse_config(raw: bytes | str, source: str = "<config>") -> Config:
     cfg.hooks = HooksConfig(pre_dir=hooks.get("pre_dir", "/etc/kdumpy/pre.d"),
                             post_dir=hooks.get("post_dir", "/etc/kdumpy/post.d"),
                             timeout=hooks.get("timeout", 300))
+    cfg.triggers = dict(values.get("triggers", {}))
     return cfg
 
 

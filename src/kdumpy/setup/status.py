@@ -158,6 +158,25 @@ def collect(paths: SystemPaths, *, config_path: str | None = None,
                          f"{human(est.needed)} (quick estimate): it may run out of memory",
                          f"kdumpy estimate, then crashkernel={est.recommended}"))
 
+    # early kdump (kdumpy install --initramfs, rd.earlykdump)
+    from kdumpy.setup import early
+    es = early.state(paths, cmd, sysfs.crash_loaded(paths))
+    facts["early_kdump"] = {"active": es.active, "switch": es.switch_on,
+                            "hooks": es.installed}
+    if es.active:
+        find(Finding("early kdump", INFO, f"active: {early.SWITCH} is on the command line "
+                     f"and the {', '.join(es.installed)} hook is installed"))
+    elif es.switch_on:
+        find(Finding("early kdump", WARNING, f"{early.SWITCH} is on the command line but no "
+                     "early-kdump hook is installed", "kdumpy install --initramfs, then "
+                     "rebuild the initramfs"))
+    elif es.installed:
+        find(Finding("early kdump", INFO, f"hook installed ({', '.join(es.installed)}) but "
+                     f"off: add {early.SWITCH} to the kernel command line"))
+
+    # panic triggers ([triggers] in the config, /proc/sys/kernel)
+    _triggers(paths, cfg, st)
+
     # loaded
     loaded = sysfs.crash_loaded(paths)
     rec = state.read_load_record(paths)
@@ -218,6 +237,37 @@ def collect(paths: SystemPaths, *, config_path: str | None = None,
 
     st.operational = not any(f.severity == ERROR for f in st.findings)
     return st
+
+
+def _triggers(paths: SystemPaths, cfg: Config | None, st: Status) -> None:
+    """Which events panic now, and whether the configured ``[triggers]`` are in force.
+
+    A configured knob that differs from /proc/sys/kernel is a warning (``kdumpy load``
+    sets them); one the running kernel lacks is an error, as ``kdumpy load`` refuses it."""
+    from kdumpy.setup import triggers as trig
+    wanted = cfg.triggers if cfg is not None else {}
+    now = trig.status(paths, wanted)
+    st.facts["triggers"] = now
+    on = [f"{n}={trig.describe(n, v['current'])}" for n, v in now.items()
+          if v["current"] and n != "sysrq"]
+    sysrq = now["sysrq"]["current"]
+    summary = (", ".join(on) if on else "only explicit panics (sysrq-c, panic())") + (
+        f"; sysrq={sysrq}" if sysrq is not None else "")
+    gone = trig.missing(paths, wanted)
+    if gone:
+        st.findings.append(Finding(
+            "triggers", ERROR, "configured but missing from this kernel: "
+            + ", ".join(f"{trig.SYSCTL_DIR}/{n}" for n in gone),
+            "remove them from [triggers] in the config"))
+    stale = [n for n, v in now.items() if v["configured"] is not None
+             and v["current"] is not None and v["current"] != v["configured"]]
+    if stale:
+        st.findings.append(Finding(
+            "triggers", WARNING, "not in force: " + ", ".join(
+                f"{n} is {trig.describe(n, now[n]['current'])}, configured "
+                f"{trig.describe(n, now[n]['configured'])}" for n in stale),
+            "kdumpy load (sets them); kdumpy install (keeps them from boot)"))
+    st.findings.append(Finding("triggers", INFO, f"panics on: {summary}"))
 
 
 def default_images(paths: SystemPaths, cfg: Config,

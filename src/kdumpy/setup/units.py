@@ -30,11 +30,12 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from kdumpy.setup.config import __doc__ as CONFIG_DOC
 from kdumpy.setup.paths import SystemPaths
+from kdumpy.setup.triggers import SYSCTL_DROPIN, sysctl_dropin
 
 LOAD_UNIT = "kdumpy.service"
 SAVE_UNIT = "kdumpy-save.service"
@@ -138,6 +139,7 @@ def example_config() -> str:
 class Installed:
     path: str
     written: bool                     # False: it existed and was kept
+    removed: bool = False             # a stale file of ours was deleted
 
 
 def _write(path: str, text: str, mode: int, *, keep_existing: bool = False) -> Installed:
@@ -155,9 +157,14 @@ def _write(path: str, text: str, mode: int, *, keep_existing: bool = False) -> I
     return Installed(path, True)
 
 
-def install(paths: SystemPaths, cmd: Sequence[str] | None = None) -> list[Installed]:
+def install(paths: SystemPaths, cmd: Sequence[str] | None = None,
+            triggers: Mapping[str, int] | None = None) -> list[Installed]:
     """Write the units, the udev rule, an example config (kept if present) and the hook
-    directories under ``paths.root``. Nothing is enabled or reloaded here."""
+    directories under ``paths.root``. Nothing is enabled or reloaded here.
+
+    With ``triggers`` (the config's ``[triggers]``), also the sysctl.d drop-in
+    (:data:`kdumpy.setup.triggers.SYSCTL_DROPIN`) that systemd-sysctl applies at boot;
+    without, a drop-in left by an earlier install is removed."""
     cmd = list(cmd) if cmd else kdumpy_command()
     out = [
         _write(os.path.join(paths.systemd_unit_dir, LOAD_UNIT), load_unit(cmd), 0o644),
@@ -170,4 +177,21 @@ def install(paths: SystemPaths, cmd: Sequence[str] | None = None) -> list[Instal
         existed = os.path.isdir(p)
         os.makedirs(p, mode=0o700, exist_ok=True)
         out.append(Installed(p, not existed))
+    dropin = paths.path(SYSCTL_DROPIN)
+    if triggers:
+        out.append(_write(dropin, sysctl_dropin(triggers), 0o644))
+    elif os.path.exists(dropin):
+        os.unlink(dropin)
+        out.append(Installed(dropin, False, removed=True))
+    return out
+
+
+def install_early(paths: SystemPaths, capture_cmdline: str) -> list[Installed]:
+    """Early-kdump hooks for every initramfs generator (:mod:`kdumpy.setup.early`) and the
+    capture command line they copy into the initramfs. Nothing is rebuilt here."""
+    from kdumpy.setup import early
+    out = [_write(paths.path(early.EARLY_CONF), early.early_conf(capture_cmdline), 0o644)]
+    for files in early.HOOK_FILES.values():
+        for path, text in files:
+            out.append(_write(paths.path(path), text, 0o755))
     return out
