@@ -40,6 +40,9 @@ from typing import Any
 from kdumpy.analysis.kallsyms import Kallsyms, read_kallsyms
 from kdumpy.analysis.kernel_log import KernelLog, LogRecord, format_record, read_kernel_log
 from kdumpy.errors import KdumpyError
+from kdumpy.taint import LETTER_BIT as _LETTER_BIT
+from kdumpy.taint import NAME_BIT as _NAME_BIT
+from kdumpy.taint import TAINT_FLAGS
 
 # -- panic ranking ------------------------------------------------------------------------
 
@@ -66,17 +69,6 @@ _CRASH_LINE = re.compile(r"CPU: (?P<cpu>\d+) (?:UID: (?P<uid>\d+) )?PID: (?P<pid
                          r"Comm: (?P<rest>.*)")
 _TAINT_VERBOSE = re.compile(r"Tainted: ((?:\[[A-Z]\]=[A-Z_]+(?:, )?)+)\s*$")
 
-#: ``taint_flags[]`` of ``kernel/panic.c`` (bit, letter when set, name).
-TAINT_FLAGS: list[tuple[int, str, str]] = [
-    (0, "P", "PROPRIETARY_MODULE"), (1, "F", "FORCED_MODULE"), (2, "S", "CPU_OUT_OF_SPEC"),
-    (3, "R", "FORCED_RMMOD"), (4, "M", "MACHINE_CHECK"), (5, "B", "BAD_PAGE"),
-    (6, "U", "USER"), (7, "D", "DIE"), (8, "A", "OVERRIDDEN_ACPI_TABLE"), (9, "W", "WARN"),
-    (10, "C", "CRAP"), (11, "I", "FIRMWARE_WORKAROUND"), (12, "O", "OOT_MODULE"),
-    (13, "E", "UNSIGNED_MODULE"), (14, "L", "SOFTLOCKUP"), (15, "K", "LIVEPATCH"),
-    (16, "X", "AUX"), (17, "T", "RANDSTRUCT"), (18, "N", "TEST"), (19, "J", "FWCTL"),
-]
-_LETTER_BIT = {letter: bit for bit, letter, _n in TAINT_FLAGS}
-_NAME_BIT = {name: bit for bit, _l, name in TAINT_FLAGS}
 
 #: x86_64 kernel stacks are THREAD_SIZE = 16 KiB (32 KiB with KASAN), THREAD_SIZE aligned.
 THREAD_SIZE = 16 << 10

@@ -146,11 +146,19 @@ def _fsync_dir(path: str) -> None:
 
 # -- small files and local directories ------------------------------------------------------
 
-def write_file_atomic(path: str, data: bytes) -> str:
-    """Write a small file as ``PATH.incomplete`` (0600, exclusive), fsync, rename to
-    ``PATH``, fsync the directory; return ``path``."""
+def write_file_atomic(path: str, data: bytes, *, replace: bool = False) -> str:
+    """Write a small file (``dmesg.txt``, ``report.json``, kdumpy's state) atomically.
+
+    ``PATH.incomplete`` (mode 0600; new parent directories 0700) is written, fsynced and
+    renamed to ``PATH``, then the directory is fsynced. An existing ``PATH`` is replaced only
+    with ``replace`` (kdumpy's own state files); a dump's files are never overwritten.
+    """
+    path = os.path.abspath(path)
+    if not replace and os.path.lexists(path):
+        raise TargetExistsError(f"{path}: exists; not overwritten (pass --force)")
+    make_private_dirs(os.path.dirname(path))
     tmp = path + INCOMPLETE_SUFFIX
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         os.fchmod(fd, 0o600)
         view = memoryview(data)
@@ -168,6 +176,14 @@ def write_file_atomic(path: str, data: bytes) -> str:
     os.replace(tmp, path)
     _fsync_dir(os.path.dirname(path))
     return path
+
+
+def dmesg_path_for(dest: str) -> str:
+    """``dmesg.txt`` beside a dump, as kdumpctl keeps ``vmcore-dmesg.txt`` beside ``vmcore``;
+    ``DEST-dmesg.txt`` when the directory already holds another dump's ``dmesg.txt``."""
+    d = os.path.dirname(os.path.abspath(dest))
+    plain = os.path.join(d, "dmesg.txt")
+    return plain if not os.path.lexists(plain) else os.path.abspath(dest) + "-dmesg.txt"
 
 
 class LocalDirectory:

@@ -113,7 +113,7 @@ def _save_dmesg(mem, path: str | None, dest: str, force: bool, quiet: bool) -> N
     """The kernel log first, as kdumpctl does: if the dump cannot be finished, the log that
     explains the crash is already on disk. A log that cannot be read is a warning."""
     from kdumpy.analysis import format_dmesg, read_kernel_log
-    from kdumpy.capture.files import dmesg_path_for, write_file_atomically
+    from kdumpy.capture.targets import dmesg_path_for, write_file_atomic
     target = path or dmesg_path_for(dest)
     if os.path.lexists(dest) and not force:
         return  # the dump itself will be refused; leave everything as it is
@@ -123,7 +123,7 @@ def _save_dmesg(mem, path: str | None, dest: str, force: bool, quiet: bool) -> N
     except KdumpyError as exc:
         print(f"kdumpy: warning: no kernel log saved: {exc}", file=sys.stderr)
         return
-    written = write_file_atomically(target, data, force=force)
+    written = write_file_atomic(target, data, replace=force)
     if not quiet:
         print(f"kdumpy: wrote {written} ({len(log.records)} log records)", file=sys.stderr)
 

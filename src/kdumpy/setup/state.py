@@ -19,24 +19,13 @@ import json
 import os
 from typing import Any
 
-from kdumpy.capture.targets import make_private_dirs
+from kdumpy.capture.targets import write_file_atomic
 from kdumpy.setup.paths import SystemPaths
 
 
 def write_private(path: str, data: bytes) -> None:
-    """Write ``path`` atomically, mode 0600, parents 0700."""
-    make_private_dirs(os.path.dirname(path))
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Write one of kdumpy's state files atomically, mode 0600, parents 0700."""
+    write_file_atomic(path, data, replace=True)
 
 
 def _read_json(path: str) -> dict[str, Any] | None:

@@ -41,19 +41,11 @@ from typing import Any
 
 from kdumpy.errors import KdumpyError
 from kdumpy.setup.paths import SystemPaths
+from kdumpy.taint import TAINT_FLAGS
 
 SYSCTL_DIR = "/proc/sys/kernel"
 SYSCTL_DROPIN = "/etc/sysctl.d/90-kdumpy.conf"
 
-#: (bit, letter, name) of every taint flag: include/linux/panic.h, kernel/panic.c taint_flags.
-TAINT_FLAGS: tuple[tuple[int, str, str], ...] = (
-    (0, "P", "PROPRIETARY_MODULE"), (1, "F", "FORCED_MODULE"), (2, "S", "CPU_OUT_OF_SPEC"),
-    (3, "R", "FORCED_RMMOD"), (4, "M", "MACHINE_CHECK"), (5, "B", "BAD_PAGE"),
-    (6, "U", "USER"), (7, "D", "DIE"), (8, "A", "OVERRIDDEN_ACPI_TABLE"), (9, "W", "WARN"),
-    (10, "C", "CRAP"), (11, "I", "FIRMWARE_WORKAROUND"), (12, "O", "OOT_MODULE"),
-    (13, "E", "UNSIGNED_MODULE"), (14, "L", "SOFTLOCKUP"), (15, "K", "LIVEPATCH"),
-    (16, "X", "AUX"), (17, "T", "RANDSTRUCT"), (18, "N", "TEST"), (19, "J", "FWCTL"),
-)
 TAINT_MASK_MAX = (1 << len(TAINT_FLAGS)) - 1
 
 #: knob -> kind: "bool" (0/1), "taint" (mask of TAINT_FLAGS), "sysrq" (0-511 bit mask).
