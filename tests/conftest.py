@@ -39,7 +39,7 @@ from collections.abc import Iterator
 import pytest
 
 LAB_FIXTURES = {"lab_release", "lab_crash", "lab_crash_small", "lab_raw", "lab_crashes",
-                "lab_service_crash"}
+                "lab_service_crash", "lab_taint_crash"}
 
 _releases: list[str] | None = None
 
@@ -112,6 +112,16 @@ def lab_service_crash(lab_release: str):
 
     return _lab_crash(lab_release, DEFAULT_CRASHKERNEL, loader="kdumpy",
                       capture_steps=("raw", "service"))
+
+
+@pytest.fixture(scope="session")
+def lab_taint_crash(lab_release: str):
+    """Like ``lab_service_crash``, but ``kdumpy load --config`` also sets every ``[triggers]``
+    knob and the first kernel panics through ``panic_on_taint`` instead of sysrq-c."""
+    from kdumpy.lab.corpus import DEFAULT_CRASHKERNEL
+
+    return _lab_crash(lab_release, DEFAULT_CRASHKERNEL, loader="kdumpy",
+                      capture_steps=("raw", "service"), trigger="taint")
 
 
 @pytest.fixture(scope="session")

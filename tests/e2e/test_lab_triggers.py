@@ -18,23 +18,11 @@ CONFIG_FAULT_INJECTION, CONFIG_FUNCTION_ERROR_INJECTION or CONFIG_LKDTM).
 
 from __future__ import annotations
 
-import pytest
 
 from kdumpy.analysis import format_dmesg, read_kernel_log
 from kdumpy.lab.run import TRIGGERS
 from kdumpy.memory import open_dump
 from kdumpy.setup.triggers import BOOT_ONLY
-
-
-@pytest.fixture(scope="session")
-def lab_taint_crash(lab_release: str):
-    from conftest import (
-        _lab_crash,  # tests/conftest.py: fails (never skips) on lab errors
-    )
-
-    from kdumpy.lab.corpus import DEFAULT_CRASHKERNEL
-    return _lab_crash(lab_release, DEFAULT_CRASHKERNEL, loader="kdumpy",
-                      capture_steps=("raw", "service"), trigger="taint")
 
 
 def test_every_trigger_round_tripped_config_to_proc_sys(lab_taint_crash):
