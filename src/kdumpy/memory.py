@@ -19,7 +19,7 @@ import numpy as np
 
 from kdumpy.errors import DumpFormatError, KdumpyError
 from kdumpy.formats import bitmap as bm
-from kdumpy.formats.elf import ELFMAG, PT_LOAD, ElfCore
+from kdumpy.formats.elf import ELFMAG, ElfCore
 from kdumpy.formats.flattened import FlattenedImage, is_flattened
 from kdumpy.formats.kdump import (DISKDUMP_SIGNATURE, KDUMP_SIGNATURE, KdumpFile,
                                   order_split_files)

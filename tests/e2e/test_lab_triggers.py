@@ -18,7 +18,6 @@ CONFIG_FAULT_INJECTION, CONFIG_FUNCTION_ERROR_INJECTION or CONFIG_LKDTM).
 
 from __future__ import annotations
 
-
 from kdumpy.analysis import format_dmesg, read_kernel_log
 from kdumpy.lab.run import TRIGGERS
 from kdumpy.memory import open_dump

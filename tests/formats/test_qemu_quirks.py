@@ -10,7 +10,6 @@ import struct
 
 from kdumpy.cli import main
 from kdumpy.memory import open_dump
-from synth import make_vmcore
 
 
 def qemu72_layout(src: bytes) -> bytes:

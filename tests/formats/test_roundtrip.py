@@ -7,12 +7,11 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from kdumpy.cli import main
 from kdumpy.formats.codecs import CODECS
-from kdumpy.formats.elf import PT_LOAD, ElfCore
+from kdumpy.formats.elf import ElfCore
 from kdumpy.formats.kdump import KdumpFile
 from kdumpy.memory import open_dump
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kdumpy.capture.elf_gdb import check_elf32, check_elf32_file_size, elf_segments
-from kdumpy.errors import KdumpyError, UnsupportedError
+from kdumpy.errors import KdumpyError
 from kdumpy.formats import bitmap as bm
 from kdumpy.formats.codecs import CODECS, Codec
 from kdumpy.formats.elf import (ELF32LE, ELF64LE, EF_KDUMP_INCOMPLETE, PT_LOAD, PT_NOTE, ElfClass,

@@ -281,20 +281,15 @@ def plan_filtered_loads(paddr: int, vaddr: int, memsz: int, keep: np.ndarray, pa
     starts = np.concatenate(([kept_idx[0]], kept_idx[cut + 1]))
     lasts = np.concatenate((kept_idx[cut], [kept_idx[-1]]))
     out: list[tuple[int, int, int, int]] = []
-    prev_start = 0  # page index where the current segment begins (memsz-wise)
     for k, (s, last) in enumerate(zip(starts.tolist(), lasts.tolist())):
         seg_start = 0 if k == 0 else s
         if k == 0 and s >= min_gap:
             # A long excluded head: makedumpfile starts the first segment at the first kept page.
             out.append((paddr, vaddr, 0, s * page_size))
             seg_start = s
-        elif k == 0:
-            seg_start = 0
         file_end = min((last + 1) * page_size, memsz)
         next_start = starts[k + 1] if k + 1 < len(starts) else None
         mem_end = next_start * page_size if next_start is not None else memsz
         off = seg_start * page_size
         out.append((paddr + off, vaddr + off, file_end - off, mem_end - off))
-        prev_start = seg_start
-    del prev_start
     return out
