@@ -39,7 +39,7 @@ from collections.abc import Iterator
 import pytest
 
 LAB_FIXTURES = {"lab_release", "lab_crash", "lab_crash_small", "lab_raw", "lab_crashes",
-                "lab_service_crash", "lab_taint_crash"}
+                "lab_service_crash", "lab_taint_crash", "lab_warn_crash"}
 
 _releases: list[str] | None = None
 
@@ -122,6 +122,16 @@ def lab_taint_crash(lab_release: str):
 
     return _lab_crash(lab_release, DEFAULT_CRASHKERNEL, loader="kdumpy",
                       capture_steps=("raw", "service"), trigger="taint")
+
+
+@pytest.fixture(scope="session")
+def lab_warn_crash(lab_release: str):
+    """``panic_on_warn=1`` set by ``kdumpy load --config``, then a WARN() (a tiny module built
+    against Debian's headers, :mod:`kdumpy.lab.warn_module`) panics the first kernel."""
+    from kdumpy.lab.corpus import DEFAULT_CRASHKERNEL
+
+    return _lab_crash(lab_release, DEFAULT_CRASHKERNEL, loader="kdumpy",
+                      capture_steps=("raw", "service"), trigger="warn")
 
 
 @pytest.fixture(scope="session")

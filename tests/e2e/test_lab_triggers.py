@@ -58,3 +58,23 @@ def test_service_captured_the_taint_panic(lab_taint_crash):
     with open_dump(dirs[0] / "vmcore") as mem:
         log = format_dmesg(read_kernel_log(mem)).decode("utf-8", "replace")
     assert TRIGGERS["taint"].panic_text in log
+
+
+def test_warn_with_panic_on_warn_is_captured(lab_warn_crash):
+    """A WARN() (from lab.warn_module's module) with panic_on_warn=1, set through the
+    [triggers] config by kdumpy load, panics the kernel and the capture service saves it."""
+    from kdumpy.lab.warn_module import WARN_TEXT
+
+    assert lab_warn_crash.meta["triggers_read_back"].get("panic_on_warn") == "1"
+    with open_dump(lab_warn_crash.raw_vmcore) as mem:
+        text = format_dmesg(read_kernel_log(mem)).decode(errors="replace")
+    assert WARN_TEXT in text
+    assert "WARNING: CPU:" in text
+    # check_panic_on_warn(origin) prints "<origin>: panic_on_warn set ..." on 6.1,
+    # "panic_on_warn set ..." on older kernels
+    panic_lines = [ln for ln in text.splitlines() if "Kernel panic - not syncing:" in ln]
+    assert panic_lines and "panic_on_warn set" in panic_lines[-1], panic_lines
+    dumps = sorted((lab_warn_crash.directory / "service").glob("*/vmcore"))
+    assert dumps, "the capture service saved no dump"
+    dmesg = (dumps[0].parent / "dmesg.txt").read_text(errors="replace")
+    assert "panic_on_warn set" in dmesg

@@ -218,6 +218,7 @@ crash_now() {
     case "${LAB_TRIGGER:-sysrq}" in
         sysrq) echo c > /proc/sysrq-trigger ;;
         taint) echo "$LAB_TRIGGER_TAINT" > /proc/sys/kernel/tainted ;;
+        warn) insmod "/host$LAB_WARN_MODULE" ;;
         *) say value unknown_trigger "$LAB_TRIGGER" ;;
     esac
 }
@@ -236,6 +237,8 @@ first() {
     echo "KDUMPY-LAB-MARKER-$LAB_MARKER" > /dev/kmsg
     sync
     say crash-now up=$(uptime_s)
+    # the console tty drains asynchronously, and a panic prints past it: let it flush first
+    sleep 1
     crash_now
     fail crash 1
 }

@@ -137,6 +137,7 @@ class Trigger:
     panic_text: str
     taint_value: int = 0              # written to /proc/sys/kernel/tainted (kind "taint")
     boot_append: str = ""             # first-kernel parameters the trigger needs
+    warn_module: bool = False         # load lab.warn_module's kdumpy_warn.ko (kind "warn")
 
 
 #: ``taint``: panic_on_taint = USER (bit 6), then ``echo 64 > /proc/sys/kernel/tainted``;
@@ -153,6 +154,11 @@ TRIGGERS: dict[str, Trigger] = {
                              ("sysrq", 1)),
                      panic_text="Kernel panic - not syncing: panic_on_taint set ...",
                      taint_value=1 << 6, boot_append="panic_on_taint=40"),
+    #: ``warn``: panic_on_warn = 1, then insmod of lab.warn_module's module, whose init does
+    #: WARN(); __warn() panics with "panic_on_warn set ..." (kernel/panic.c).
+    "warn": Trigger(config=(("panic_on_warn", 1), ("sysrq", 1)),
+                    panic_text="Kernel panic - not syncing: kernel: panic_on_warn set ...",
+                    warn_module=True),
 }
 
 
@@ -465,6 +471,9 @@ def _execute(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: s
         load_extra = ["--config", str(directory / TRIGGER_CONFIG)]
         config["LAB_TRIGGER"] = options.trigger
         config["LAB_TRIGGER_TAINT"] = trigger.taint_value
+        if trigger.warn_module:
+            from .warn_module import ensure_warn_module
+            config["LAB_WARN_MODULE"] = str(ensure_warn_module(kernel))
         config["LAB_TRIGGER_EXPECT"] = " ".join(f"{k}={v}" for k, v in trigger.config
                                                 if k not in BOOT_ONLY)
     if options.loader == "kdumpy":
