@@ -13,26 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pages import BATCH, assert_pages_equal
 
 from kdumpy.cli import main
-from kdumpy.memory import DumpMemory, open_dump
+from kdumpy.memory import open_dump
 
 pytestmark = pytest.mark.lab
-BATCH = 1024
-
-
-def assert_pages_equal(a: DumpMemory, b: DumpMemory, *, only_dumpable_in: DumpMemory) -> int:
-    """Every page dumpable in ``only_dumpable_in`` reads the same from ``a`` and ``b``."""
-    n = 0
-    for s, e in only_dumpable_in.dumpable_ranges():
-        for p in range(s, e, BATCH):
-            k = min(BATCH, e - p)
-            x, y = a.read_pfns(p, k), b.read_pfns(p, k)
-            if not np.array_equal(x, y):
-                bad = p + int(np.flatnonzero((x != y).any(axis=1))[0])
-                raise AssertionError(f"PFN {bad:#x} differs between {a.path} and {b.path}")
-            n += k
-    return n
 
 
 def makedumpfile(*args: str) -> subprocess.CompletedProcess:

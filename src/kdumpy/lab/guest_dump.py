@@ -25,7 +25,7 @@ from .guest_init import render_config
 from .initramfs import ensure_initramfs
 from .kernels import ensure_kernel
 from .qemu import Machine, Share, build_command, choose_accelerator, qemu_version
-from .run import FIRST_APPEND, LabError, Log, _Watch, timeout
+from .run import FIRST_APPEND, LabError, Log, _Watch, stop_qemu, timeout
 from .serial import SerialCapture
 
 GUEST_DUMP_FORMAT = 1
@@ -135,10 +135,7 @@ def ensure_guest_dumps(spec: str, *, fresh: bool = False, log: Log = print) -> G
                 pass
             proc.wait(timeout=30)
         except BaseException:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            capture.join(5)
+            stop_qemu(proc, capture)
             raise
         capture.join(5)
         if not (elf.is_file() and flat.is_file()):

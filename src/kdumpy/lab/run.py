@@ -418,6 +418,14 @@ class _Watch:
         return rc
 
 
+def stop_qemu(proc: subprocess.Popen, capture: SerialCapture) -> None:
+    """Kill QEMU if it still runs and collect the console reader (on any failure)."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    capture.join(5)
+
+
 def _make_sparse(path: Path, size: int) -> None:
     with open(path, "wb") as handle:
         handle.truncate(size)
@@ -546,10 +554,7 @@ def _execute(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: s
         qemu_rc = watch.wait_exit(timeout("exit"))
         marks["qemu_exit"] = watch.exited_at or (time.monotonic() - started)
     except BaseException:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        capture.join(5)
+        stop_qemu(proc, capture)
         raise
     capture.join(5)
     transcript = capture.transcript
