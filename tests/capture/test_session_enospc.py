@@ -111,5 +111,37 @@ def test_incomplete_dump_still_opens(tmp_path, small_target):
     assert info.returncode == 0, info.stderr
     meta = json.loads(info.stdout)
     assert meta["incomplete"] is True and meta["format"] == "kdump"
+    assert meta["pages_lost"] > 0          # descriptors of data that never landed are zero
     last = json.loads((tmp_path / "root/var/lib/kdumpy/last-capture.json").read_text())
     assert last["status"] == "incomplete" and last["action"] == "halt"
+
+
+def test_incomplete_real_dump_opens_in_libkdumpfile(tmp_path, small_target, lab_crash):
+    """A real crash saved into a filesystem too small for it: the dump left behind is marked
+    incomplete, its lost pages have zero descriptors (as makedumpfile writes them), and
+    libkdumpfile (drgn) opens it and reads the pages that landed."""
+    import drgn
+
+    from kdumpy.memory import open_dump
+
+    small_target("40M", "ext2")
+    res, actions, log = capture(tmp_path / "root",
+                                '[target]\npath = "/crash"\n'
+                                '[dump]\nlevel = [1]\ncompression = "lzo"\n'
+                                '[actions]\nfailure = "halt"\n', str(lab_crash.raw_vmcore))
+    assert res.status == "incomplete", (res, log)
+    dump = Path(res.vmcore)
+    with open_dump(dump) as mem, open_dump(lab_crash.raw_vmcore) as raw:
+        assert mem.incomplete and mem.lost_pages() > 0
+        landed = [p for s_, e_ in mem.dumpable_ranges() for p in range(s_, min(e_, s_ + 64))][:200]
+        prog = drgn.Program()
+        prog.set_core_dump(str(dump))
+        ok = 0
+        for pfn in landed:
+            try:
+                got = prog.read(pfn * 4096, 4096, True)
+            except drgn.FaultError:
+                continue               # a lost page
+            assert got == raw.read_pfn(pfn)
+            ok += 1
+        assert ok > 50

@@ -171,6 +171,9 @@ def _utsname(mem: DumpMemory) -> dict[str, str]:
         uts["sysname"] = "Linux"
     if not uts.get("machine"):
         uts["machine"] = mem.machine
+    if not uts.get("version"):
+        # libkdumpfile ignores a header utsname whose release, version or machine is empty
+        uts["version"] = "unknown"
     return uts
 
 

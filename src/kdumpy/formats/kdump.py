@@ -541,9 +541,21 @@ class KdumpWriter:
         descs["offset"] = offs
         descs["size"] = np.where(zero, self.page_size, sizes)
         descs["flags"] = np.where(zero, 0, flags)
-        self.sink.pwrite(self.layout.desc_offset + 24 * self.next_rank, descs.tobytes())
+        desc_at = self.layout.desc_offset + 24 * self.next_rank
+        self.sink.pwrite(desc_at, descs.tobytes())
         if len(data):
-            self.sink.pwrite(self.data_cursor, data)
+            try:
+                self.sink.pwrite(self.data_cursor, data)
+            except OSError:
+                # As makedumpfile does: descriptors whose data did not land become zeros
+                # (offset 0 = page lost), so readers see lost pages, not pointers past EOF.
+                # Overwriting blocks already written needs no new space.
+                if getattr(self.sink, "seekable", False):
+                    try:
+                        self.sink.pwrite(desc_at, bytes(24 * n))
+                    except OSError:
+                        pass
+                raise
         self.data_cursor += int(ssz.sum())
         self.next_rank += n
 
