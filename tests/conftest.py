@@ -39,7 +39,8 @@ from collections.abc import Iterator
 import pytest
 
 LAB_FIXTURES = {"lab_release", "lab_crash", "lab_crash_small", "lab_raw", "lab_crashes",
-                "lab_service_crash", "lab_taint_crash", "lab_warn_crash"}
+                "lab_service_crash", "lab_taint_crash", "lab_warn_crash",
+                "lab_vmlinux"}
 
 _releases: list[str] | None = None
 
@@ -132,6 +133,15 @@ def lab_warn_crash(lab_release: str):
 
     return _lab_crash(lab_release, DEFAULT_CRASHKERNEL, loader="kdumpy",
                       capture_steps=("raw", "service"), trigger="warn")
+
+
+@pytest.fixture(scope="session")
+def lab_vmlinux(lab_release: str):
+    """Debian's debug vmlinux for ``lab_release`` (only the vmlinux of the -dbg package,
+    :func:`kdumpy.lab.debuginfo.debug_vmlinux`, cached)."""
+    from kdumpy.lab.debuginfo import debug_vmlinux
+
+    return debug_vmlinux(lab_release)
 
 
 @pytest.fixture(scope="session")

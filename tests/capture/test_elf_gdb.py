@@ -165,12 +165,6 @@ def test_elf32_is_for_elf_output(tmp_path, capsys):
 # -- the lab -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def vmlinux(lab_crash):
-    from kdumpy.lab.debuginfo import debug_vmlinux
-    return debug_vmlinux(lab_crash.release)
-
-
-@pytest.fixture(scope="module")
 def saved_elf(lab_crash, tmp_path_factory):
     out = tmp_path_factory.mktemp("elf") / "dump.elf"
     assert main(["save", "-q", "--no-dmesg", "--format", "elf", "-d", "31",
@@ -234,12 +228,12 @@ def check_gdb_sees_the_crash(dump: Path, vmlinux: Path, capsys) -> None:
     assert not hint["notes"], hint
 
 
-def test_gdb_on_saved_elf(lab_crash, vmlinux, saved_elf, capsys):
-    check_gdb_sees_the_crash(saved_elf, vmlinux, capsys)
+def test_gdb_on_saved_elf(lab_crash, lab_vmlinux, saved_elf, capsys):
+    check_gdb_sees_the_crash(saved_elf, lab_vmlinux, capsys)
 
 
-def test_gdb_on_converted_elf(lab_crash, vmlinux, converted_elf, capsys):
-    check_gdb_sees_the_crash(converted_elf, vmlinux, capsys)
+def test_gdb_on_converted_elf(lab_crash, lab_vmlinux, converted_elf, capsys):
+    check_gdb_sees_the_crash(converted_elf, lab_vmlinux, capsys)
     with open_dump(converted_elf) as mem, open_dump(lab_crash.raw_vmcore) as raw:
         # kernel image and direct map where /proc/vmcore has them
         text = next(va for *_x, va in raw.segments if va >= 0xFFFFFFFF80000000)
@@ -258,7 +252,7 @@ def test_info_explains_raw_vmcore(lab_crash, capsys):
     assert any("kdumpy convert -f elf" in n for n in hint["notes"]), hint
 
 
-def test_other_readers_of_the_elf(lab_crash, vmlinux, saved_elf, tmp_path):
+def test_other_readers_of_the_elf(lab_crash, lab_vmlinux, saved_elf, tmp_path):
     """The stack PT_LOADs come before the RAM ones: makedumpfile takes the direct-map base
     from the last PT_LOAD below __START_KERNEL_map, and still reads the log; drgn unwinds."""
     r = subprocess.run(["makedumpfile", "--dump-dmesg", str(saved_elf), str(tmp_path / "log")],
@@ -268,5 +262,5 @@ def test_other_readers_of_the_elf(lab_crash, vmlinux, saved_elf, tmp_path):
     import drgn
     prog = drgn.Program()
     prog.set_core_dump(str(saved_elf))
-    prog.load_debug_info([str(vmlinux)])
+    prog.load_debug_info([str(lab_vmlinux)])
     assert "sysrq_handle_crash" in str(prog.crashed_thread().stack_trace())

@@ -12,12 +12,6 @@ from kdumpy.memory import open_dump
 
 
 @pytest.fixture(scope="module")
-def vmlinux(lab_crash):
-    from kdumpy.lab.debuginfo import debug_vmlinux
-    return debug_vmlinux(lab_crash.release)
-
-
-@pytest.fixture(scope="module")
 def filtered(lab_crash, tmp_path_factory):
     p = tmp_path_factory.mktemp("d31") / "vmcore"
     assert main(["save", "-q", "-d", "31", "-c", "lzo", str(lab_crash.raw_vmcore), str(p)]) == 0
@@ -35,9 +29,9 @@ def _drgn(path, vmlinux):
     return tasks, trace
 
 
-def test_drgn_lists_every_task_and_the_crash_stack(lab_crash, vmlinux, filtered):
-    raw_tasks, _ = _drgn(lab_crash.raw_vmcore, vmlinux)
-    tasks, trace = _drgn(filtered, vmlinux)
+def test_drgn_lists_every_task_and_the_crash_stack(lab_crash, lab_vmlinux, filtered):
+    raw_tasks, _ = _drgn(lab_crash.raw_vmcore, lab_vmlinux)
+    tasks, trace = _drgn(filtered, lab_vmlinux)
     assert tasks == raw_tasks and len(tasks) > 20
     assert "sysrq_handle_crash" in trace and "panic" in trace
 
@@ -47,11 +41,11 @@ def _crash(vmlinux, dump, kernel_offset: str) -> subprocess.CompletedProcess:
                           input="log\nbt\nquit\n", capture_output=True, text=True, timeout=600)
 
 
-def test_crash_log_and_bt_without_excluded_pages(lab_crash, vmlinux, filtered):
+def test_crash_log_and_bt_without_excluded_pages(lab_crash, lab_vmlinux, filtered):
     with open_dump(filtered) as mem:
         offset = mem.vmcoreinfo["KERNELOFFSET"]
-    raw = _crash(vmlinux, lab_crash.raw_vmcore, offset)
-    ours = _crash(vmlinux, filtered, offset)
+    raw = _crash(lab_vmlinux, lab_crash.raw_vmcore, offset)
+    ours = _crash(lab_vmlinux, filtered, offset)
     out = ours.stdout + ours.stderr
     assert "page excluded" not in out
     if raw.returncode != 0:
