@@ -21,6 +21,12 @@ kdumpy's sources are unchanged (``KDUMPY_LAB_REUSE=any`` reuses it regardless).
 ``lab_service_crash``
     A crash loaded with ``kdumpy load`` (kexec_file_load) and saved by ``kdumpy capture
     --config`` (the capture service): ``directory / "service" / <host>-<time>/``.
+``lab_taint_crash`` / ``lab_warn_crash``
+    Service crashes whose first kernel dies by ``panic_on_taint`` / a WARN() with
+    ``panic_on_warn`` set through kdumpy's ``[triggers]`` config.
+``lab_early_crash``
+    Early kdump: the capture kernel loaded by kdumpy's initramfs-tools hook, the first kernel
+    dead inside that initramfs (a WARN() with ``panic_on_warn=1``), captured by the service.
 ``lab_raw``
     :class:`kdumpy.lab.vmcore.RawVmcore` over ``lab_crash.raw_vmcore`` (an ELF reader that
     shares no code with kdumpy, for use as an oracle).
@@ -40,7 +46,7 @@ import pytest
 
 LAB_FIXTURES = {"lab_release", "lab_crash", "lab_crash_small", "lab_raw", "lab_crashes",
                 "lab_service_crash", "lab_taint_crash", "lab_warn_crash",
-                "lab_vmlinux"}
+                "lab_early_crash", "lab_vmlinux"}
 
 _releases: list[str] | None = None
 
@@ -132,6 +138,19 @@ def lab_warn_crash(lab_release: str):
     from kdumpy.lab.corpus import DEFAULT_CRASHKERNEL
 
     return _lab_crash(lab_release, DEFAULT_CRASHKERNEL, loader="kdumpy",
+                      capture_steps=("raw", "service"), trigger="warn")
+
+
+@pytest.fixture(scope="session")
+def lab_early_crash(lab_release: str):
+    """Early kdump: the first kernel boots an initramfs that Debian's initramfs-tools built
+    with ``kdumpy install --initramfs``'s hooks (:mod:`kdumpy.lab.early`); kdumpy's init-top
+    script loads the capture kernel, then a WARN() in a module loaded from the initramfs
+    panics the kernel (``panic_on_warn=1``) before any root is mounted. The capture kernel
+    runs the capture service into ``directory / "service"``."""
+    from kdumpy.lab.corpus import DEFAULT_CRASHKERNEL
+
+    return _lab_crash(lab_release, DEFAULT_CRASHKERNEL, loader="early",
                       capture_steps=("raw", "service"), trigger="warn")
 
 

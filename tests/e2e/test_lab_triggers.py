@@ -11,8 +11,8 @@ Facts relied on:
 * panic() prints "Kernel panic - not syncing: <message>" into the printk ring buffer before
   crash_kexec(), so the dump's kernel log ends with it.
 
-Not covered (see the lab notes in kdumpy.lab.run): a WARN() with panic_on_warn, because the
-Debian 6.1 kernel has no module-free way to provoke a WARN from userspace (no
+A WARN() with ``panic_on_warn`` comes from a one-line module (:mod:`kdumpy.lab.warn_module`):
+the Debian 6.1 kernel has no module-free way to provoke a WARN from userspace (no
 CONFIG_FAULT_INJECTION, CONFIG_FUNCTION_ERROR_INJECTION or CONFIG_LKDTM).
 """
 

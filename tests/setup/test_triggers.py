@@ -224,9 +224,9 @@ def test_install_initramfs_writes_hooks_and_status_reports_them(system, capsys):
     out = capsys.readouterr().out
     assert "early kdump (initramfs-tools): update-initramfs -u" in out
     hook = system.read("/etc/initramfs-tools/hooks/kdumpy")
-    assert "copy_exec /sbin/kexec /sbin" in hook and '"/boot/vmlinuz-$version"' in hook
-    premount = system.read("/etc/initramfs-tools/scripts/init-premount/kdumpy")
-    assert "grep -qw rd.earlykdump /proc/cmdline" in premount and "kexec -s -p" in premount
+    assert "copy_exec \"$(command -v kexec" in hook and '"/boot/vmlinuz-$version"' in hook
+    init_top = system.read("/etc/initramfs-tools/scripts/init-top/kdumpy")
+    assert '*" rd.earlykdump "*)' in init_top and "kexec -s -p" in init_top
     conf = system.read("/etc/kdumpy/early.conf")
     assert "KDUMPY_CMDLINE='" in conf and "crashkernel" not in conf
     assert "rd.earlykdump" not in conf
@@ -241,3 +241,17 @@ def test_install_initramfs_writes_hooks_and_status_reports_them(system, capsys):
     main(["status", "--root", str(system.root), "--json"])
     facts = json.loads(capsys.readouterr().out)["facts"]["early_kdump"]
     assert facts["active"] is True and facts["switch"] is True
+
+
+def test_early_conf_survives_the_initramfs_shell(tmp_path):
+    """early.conf is sourced by the initramfs' sh: any command line comes back unchanged."""
+    import subprocess
+
+    from kdumpy.setup import early
+    line = "console=ttyS0 irqpoll it's \"quoted\" $HOME `x` \\ end"
+    conf = tmp_path / "early.conf"
+    conf.write_text(early.early_conf(line))
+    out = subprocess.run(["/bin/sh", "-c", '. "$1"; printf %s "$KDUMPY_CMDLINE"', "sh",
+                          str(conf)], capture_output=True, text=True, check=True).stdout
+    assert out == line
+

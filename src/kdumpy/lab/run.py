@@ -8,6 +8,10 @@ Sequence (host side, each wait bounded by a timeout; see :data:`TIMEOUTS`)::
     -> raw /proc/vmcore copy to a virtio disk -> makedumpfile -F -l -d 31 -> kdumpy save
     -> poweroff -> QEMU exit
 
+With ``loader="early"`` the first kernel boots instead an initramfs-tools image carrying
+kdumpy's early-kdump hook (:mod:`.early`): "Run /init" -> kdumpy's kmsg line "kexec_file_load
+exit 0, loaded=1" -> the WARN module's panic; the capture side is the same.
+
 Facts relied on:
 
 * ``/proc/vmcore`` is an ELF core whose size ``stat`` reports exactly; the guest ``dd``s it to a
@@ -25,6 +29,7 @@ import hashlib
 import json
 import os
 import queue
+import re
 import secrets
 import shlex
 import shutil
@@ -39,6 +44,7 @@ from typing import Any
 from kdumpy.setup.triggers import BOOT_ONLY
 
 from .cache import locked, release_dir
+from .early import EARLY_APPEND, LOADED_LINE, EarlyImage, ensure_early_image
 from .guest_init import render_config
 from .initramfs import Initramfs, ensure_initramfs, which_or_fail
 from .kernels import Kernel, ensure_kernel
@@ -114,7 +120,9 @@ class RunOptions:
     cpu: str = "max"
     accel: str = "auto"
     kexec_mode: str = "auto"          # auto (file, then load), file, load
-    loader: str = "kexec-tools"       # kexec-tools, or kdumpy (`kdumpy load`, kexec_file_load)
+    #: kexec-tools; kdumpy (`kdumpy load`, kexec_file_load); or early: the first kernel boots
+    #: an initramfs-tools image with kdumpy's early-kdump hook (:mod:`.early`) and dies in it
+    loader: str = "kexec-tools"
     save_with: str = "kdumpy"         # kdumpy, or makedumpfile as a stand-in while developing
     dump_level: int = 1
     compress: str = "lzo"
@@ -276,16 +284,42 @@ class CrashRun:
 
 
 def run_directory(release: str, crashkernel: str, options: RunOptions | None = None) -> Path:
-    suffix = "-service" if options is not None and options.loader == "kdumpy" else ""
+    suffix = {"kdumpy": "-service", "early": "-early"}.get(
+        options.loader if options is not None else "", "")
     if options is not None and options.trigger != "sysrq":
         suffix += f"-{options.trigger}"
     return release_dir(release) / f"crash-{crashkernel}{suffix}"
 
 
-def _recipe(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: str) -> dict:
-    return {"lab_format": LAB_FORMAT, "release": kernel.release, "package": kernel.package,
-            "package_version": kernel.version, "initramfs_sha256": initramfs.sha256,
-            "accelerator": accel, "options": asdict(options)}
+def _recipe(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: str,
+            early: EarlyImage | None = None) -> dict:
+    recipe = {"lab_format": LAB_FORMAT, "release": kernel.release, "package": kernel.package,
+              "package_version": kernel.version, "initramfs_sha256": initramfs.sha256,
+              "accelerator": accel, "options": asdict(options)}
+    if early is not None:
+        recipe["early_initramfs"] = early.digest
+    return recipe
+
+
+def check_options(options: RunOptions) -> None:
+    """Reject combinations the guest cannot run."""
+    if options.loader not in ("kexec-tools", "kdumpy", "early"):
+        raise ValueError(f"unknown lab loader {options.loader!r}")
+    if options.trigger != "sysrq" and options.trigger not in TRIGGERS:
+        raise ValueError(f"unknown lab trigger {options.trigger!r} (known: sysrq, "
+                         f"{', '.join(TRIGGERS)})")
+    if options.loader == "early" and options.trigger != "warn":
+        raise ValueError("loader='early' dies by trigger='warn' (the module is loaded from "
+                         "the initramfs' /conf/modules with panic_on_warn=1)")
+    if options.trigger != "sysrq" and options.loader == "kexec-tools":
+        raise ValueError("a trigger other than sysrq needs loader='kdumpy' (kdumpy load "
+                         "applies the [triggers] config) or loader='early'")
+
+
+def ensure_early(kernel: Kernel, initramfs: Initramfs) -> EarlyImage:
+    """The early-kdump first-kernel image (with the WARN module) for ``kernel``."""
+    from .warn_module import ensure_warn_module
+    return ensure_early_image(kernel, initramfs, ensure_warn_module(kernel))
 
 
 def _key(recipe: dict) -> str:
@@ -320,11 +354,13 @@ def ensure_run(spec: str, options: RunOptions | None = None, *, fresh: bool = Fa
     """A complete crash run for kernel ``spec``, from the cache or made now."""
     options = options or RunOptions()
     parse_size(options.crashkernel)
+    check_options(options)
     kernel = ensure_kernel(spec, log=log)
     rdir = release_dir(kernel.release)
     initramfs = ensure_initramfs(kernel, rdir)
+    early = ensure_early(kernel, initramfs) if options.loader == "early" else None
     accel, accel_reason = choose_accelerator(options.accel)
-    recipe = _recipe(kernel, initramfs, options, accel)
+    recipe = _recipe(kernel, initramfs, options, accel, early)
     key = _key(recipe)
     digest = kdumpy_digest() if options.save_with == "kdumpy" else None
     directory = run_directory(kernel.release, options.crashkernel, options)
@@ -337,7 +373,7 @@ def ensure_run(spec: str, options: RunOptions | None = None, *, fresh: bool = Fa
                 return done
         preflight_save(options)
         return _execute(kernel, initramfs, options, accel, accel_reason, recipe, key, digest,
-                        directory, log)
+                        directory, log, early)
 
 
 class _Watch:
@@ -433,7 +469,7 @@ def _make_sparse(path: Path, size: int) -> None:
 
 def _execute(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: str,
              accel_reason: str, recipe: dict, key: str, digest: str | None, directory: Path,
-             log: Log) -> CrashRun:
+             log: Log, early: EarlyImage | None = None) -> CrashRun:
     directory.mkdir(parents=True, exist_ok=True)
     for child in directory.iterdir():
         if child.is_file() or child.is_symlink():
@@ -467,14 +503,8 @@ def _execute(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: s
         "LAB_CAPTURE_STEPS": " ".join(options.capture_steps),
     }
     load_extra: list[str] = []
-    if options.trigger != "sysrq":
-        trigger = TRIGGERS.get(options.trigger)
-        if trigger is None:
-            raise ValueError(f"unknown lab trigger {options.trigger!r} (known: sysrq, "
-                             f"{', '.join(TRIGGERS)})")
-        if options.loader != "kdumpy":
-            raise ValueError("a trigger other than sysrq needs loader='kdumpy' (kdumpy load "
-                             "applies the [triggers] config)")
+    if options.trigger != "sysrq" and early is None:
+        trigger = TRIGGERS[options.trigger]
         (directory / TRIGGER_CONFIG).write_text(trigger_config(trigger))
         load_extra = ["--config", str(directory / TRIGGER_CONFIG)]
         config["LAB_TRIGGER"] = options.trigger
@@ -497,10 +527,12 @@ def _execute(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: s
     (directory / "lab-config.sh").write_text(render_config(config))
     _make_sparse(paths["raw_vmcore"], (options.memory_mib + 256) << 20)
     append = f"{options.first_append} crashkernel={options.crashkernel}"
-    if options.trigger in TRIGGERS and TRIGGERS[options.trigger].boot_append:
+    if early is not None:
+        append += " " + EARLY_APPEND
+    elif options.trigger in TRIGGERS and TRIGGERS[options.trigger].boot_append:
         append += " " + TRIGGERS[options.trigger].boot_append
     machine = Machine(
-        kernel=kernel.vmlinuz, initrd=initramfs.path, append=append,
+        kernel=kernel.vmlinuz, initrd=early.path if early else initramfs.path, append=append,
         memory_mib=options.memory_mib, smp=options.smp, cpu=options.cpu, accel=accel,
         shares=(Share("hostroot", Path("/"), True), Share("labout", directory, False)),
         disks=(Disk(paths["raw_vmcore"], RAW_SERIAL),))
@@ -517,22 +549,17 @@ def _execute(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: s
     capture = SerialCapture(proc.stdout, paths["serial_log"], started)
     watch = _Watch(proc, capture, started, log)
     marks: dict[str, float] = {}
+    early_values: dict[str, Any] = {}
     step_limits = {"kexec_load": timeout("kexec_load"), "fill": timeout("fill"),
                    "raw_copy": timeout("raw_copy"), "makedumpfile": timeout("makedumpfile"),
                    "kdumpy_save": timeout("kdumpy_save"),
                    "kdumpy_service": timeout("kdumpy_save")}
     try:
         marks["linux_version_first"] = watch.linux_version(timeout("boot"), "first kernel boot")
-        role = watch.event("role", None, timeout("boot"), "first kernel /init")
-        if role.name != "first":
-            raise watch._fail(f"/init started as {role.name!r}, expected 'first'")
-        marks["init_first"] = role.t
-        first_steps = ["insmod", "mount_shares", "kexec_load", "fill"]
-        if options.trigger != "sysrq":
-            first_steps.insert(3, "triggers")
-        for name in first_steps:
-            watch.step(name, step_limits.get(name, timeout("step")))
-        marks["crash_now"] = watch.event("crash-now", None, timeout("crash_now")).t
+        if early is not None:
+            early_values = _watch_early_first(watch, marks)
+        else:
+            _watch_first(watch, marks, options, step_limits)
         log(f"lab:   crash triggered at {marks['crash_now']:.1f} s")
         marks["linux_version_capture"] = watch.linux_version(timeout("capture_boot"),
                                                              "capture kernel boot")
@@ -560,6 +587,12 @@ def _execute(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: s
     transcript = capture.transcript
     meta = _collect_meta(transcript, marks, options, kernel, initramfs, accel, accel_reason,
                          recipe, key, digest, marker, argv_save, paths, qemu_rc, wall_start)
+    if early is not None:
+        meta["kexec_mode"] = "early-initramfs"
+        meta["early"] = {"initramfs": str(early.path), "digest": early.digest,
+                         "files": len(early.files), "early_conf": early.early_conf,
+                         **early_values}
+        meta["first_cmdline"] = append
     meta_file = directory / "meta.json"
     problems = _problems(meta, paths, options)
     if problems:
@@ -575,6 +608,47 @@ def _execute(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: s
                        "\n--- serial console (last lines) ---\n" + transcript.tail(60))
     meta_file.write_text(json.dumps(meta, indent=2) + "\n")
     return CrashRun(directory, meta)
+
+
+def _watch_first(watch: _Watch, marks: dict[str, float], options: RunOptions,
+                 step_limits: dict[str, float]) -> None:
+    """The lab's own first-kernel /init: load, fill memory, snapshot, crash."""
+    role = watch.event("role", None, timeout("boot"), "first kernel /init")
+    if role.name != "first":
+        raise watch._fail(f"/init started as {role.name!r}, expected 'first'")
+    marks["init_first"] = role.t
+    first_steps = ["insmod", "mount_shares", "kexec_load", "fill"]
+    if options.trigger != "sysrq":
+        first_steps.insert(3, "triggers")
+    for name in first_steps:
+        watch.step(name, step_limits.get(name, timeout("step")))
+    marks["crash_now"] = watch.event("crash-now", None, timeout("crash_now")).t
+
+
+#: initramfs-tools' /init as the kernel starts it, and the panic that ends the first kernel.
+RUN_INIT_RE = re.compile(r"Run /init as init process")
+PANIC_RE = re.compile(r"Kernel panic - not syncing: (.*)")
+
+
+def _watch_early_first(watch: _Watch, marks: dict[str, float]) -> dict[str, Any]:
+    """The early case's first kernel: initramfs-tools' /init, kdumpy's init-top script loads
+    the capture kernel (its kmsg line must say exit 0, loaded=1), then the WARN module loaded
+    from /conf/modules panics the kernel. Nothing of the lab's /init runs here."""
+    line, _ = watch.until("initramfs-tools /init",
+                          lambda ln, _e: RUN_INIT_RE.search(ln.text) is not None, timeout("boot"))
+    marks["init_first"] = line.t
+    line, _ = watch.until("kdumpy's early-kdump load", lambda ln, _e: LOADED_LINE in ln.text,
+                          timeout("kexec_load"))
+    loaded = line.text[line.text.index(LOADED_LINE):].strip()
+    marks["early_loaded"] = line.t
+    if not loaded.endswith("exit 0, loaded=1"):
+        raise watch._fail(f"early kdump did not load the capture kernel: {loaded!r}")
+    line, _ = watch.until("the first kernel's panic",
+                          lambda ln, _e: PANIC_RE.search(ln.text) is not None, timeout("fill"))
+    marks["crash_now"] = line.t
+    match = PANIC_RE.search(line.text)
+    return {"loaded_line": loaded, "panic": match.group(1).strip() if match else "",
+            "load_to_panic_seconds": round(line.t - marks["early_loaded"], 3)}
 
 
 def _steps(transcript: Transcript) -> dict[str, dict[str, Any]]:

@@ -12,11 +12,15 @@ replaces the early image with the configured one.
 Facts relied on:
 
 * initramfs-tools runs ``/etc/initramfs-tools/hooks/*`` at build time with ``$DESTDIR`` and
-  ``$version`` set and ``copy_exec`` from ``hook-functions``; ``scripts/init-premount/*``
-  run in the initramfs before the root is mounted (initramfs-tools(7)).
+  ``$version`` set and ``copy_exec`` from ``hook-functions``. Its ``/init`` mounts /proc and
+  /sys, runs ``scripts/init-top/*``, then loads the modules listed in ``/conf/modules``, then
+  runs ``scripts/init-premount/*`` and mounts the root (initramfs-tools(7),
+  ``/usr/share/initramfs-tools/init``). The load runs in init-top, so a driver that kills the
+  kernel while the initramfs loads it is caught too (the lab's early case is exactly that).
 * dracut modules are ``modules.d/NNname/module-setup.sh`` with ``check``/``depends``/
-  ``install``; ``inst_hook pre-mount NN script`` runs before the root is mounted
-  (dracut.modules(7)).
+  ``install``; ``inst_hook cmdline NN script`` runs first of the hooks, with /proc and /sys
+  mounted, long before the root is mounted (dracut.modules(7)); Fedora's earlykdump sits
+  there too.
 * mkinitcpio hooks are ``/etc/initcpio/install/NAME`` (``build()`` with ``add_binary``/
   ``add_file``/``add_runscript``) and ``/etc/initcpio/hooks/NAME`` (``run_earlyhook`` runs
   before the root is mounted) (mkinitcpio(8)).
@@ -41,7 +45,8 @@ EARLY_INITRD = "/var/lib/kdumpy/early-initrd.img"
 # The boot-time script, shared by all generators (POSIX sh, busybox or klibc).
 LOAD_SCRIPT = f"""# kdumpy early kdump: load the capture kernel before the root is mounted.
 kdumpy_early() {{
-    grep -qw {SWITCH} /proc/cmdline || return 0
+    # shell builtins and cat only: klibc's initramfs (BUSYBOX=n) has no grep
+    case " $(cat /proc/cmdline) " in *" {SWITCH} "*) ;; *) return 0 ;; esac
     size=$(cat /sys/kernel/kexec_crash_size 2>/dev/null)
     if [ "${{size:-0}}" = 0 ]; then
         echo "kdumpy: {SWITCH}: no crashkernel= reservation, early kdump off" > /dev/kmsg
@@ -66,7 +71,7 @@ PREREQ=""
 prereqs() { echo "$PREREQ"; }
 case "$1" in prereqs) prereqs; exit 0 ;; esac
 . /usr/share/initramfs-tools/hook-functions
-copy_exec /sbin/kexec /sbin
+copy_exec "$(command -v kexec || echo /sbin/kexec)" /sbin
 mkdir -p "$DESTDIR/kdumpy" "$DESTDIR/etc/kdumpy"
 cp "/boot/vmlinuz-$version" "$DESTDIR/kdumpy/vmlinuz"
 [ -f %(initrd)s ] && cp %(initrd)s "$DESTDIR/kdumpy/initrd.img"
@@ -74,8 +79,8 @@ cp %(conf)s "$DESTDIR/etc/kdumpy/early.conf"
 exit 0
 """.replace("%(initrd)s", EARLY_INITRD).replace("%(conf)s", EARLY_CONF)
 
-INITRAMFS_TOOLS_PREMOUNT = """#!/bin/sh
-# Installed by `kdumpy install --initramfs`: runs before the root is mounted.
+INITRAMFS_TOOLS_INIT_TOP = """#!/bin/sh
+# Installed by `kdumpy install --initramfs`: runs before modules load and the root is mounted.
 PREREQ=""
 prereqs() { echo "$PREREQ"; }
 case "$1" in prereqs) prereqs; exit 0 ;; esac
@@ -90,7 +95,7 @@ install() {
     inst_simple "/boot/vmlinuz-$kernel" /kdumpy/vmlinuz
     [ -f %(initrd)s ] && inst_simple %(initrd)s /kdumpy/initrd.img
     inst_simple %(conf)s /etc/kdumpy/early.conf
-    inst_hook pre-mount 01 "$moddir/kdumpy-early.sh"
+    inst_hook cmdline 00 "$moddir/kdumpy-early.sh"
 }
 """.replace("%(initrd)s", EARLY_INITRD).replace("%(conf)s", EARLY_CONF)
 
@@ -113,8 +118,8 @@ MKINITCPIO_HOOK = "#!/usr/bin/ash\n" + LOAD_SCRIPT + "run_earlyhook() {\n    kdu
 #: generator -> [(path, text)]; the first path marks the generator as installed.
 HOOK_FILES: dict[str, list[tuple[str, str]]] = {
     "initramfs-tools": [("/etc/initramfs-tools/hooks/kdumpy", INITRAMFS_TOOLS_HOOK),
-                        ("/etc/initramfs-tools/scripts/init-premount/kdumpy",
-                         INITRAMFS_TOOLS_PREMOUNT)],
+                        ("/etc/initramfs-tools/scripts/init-top/kdumpy",
+                         INITRAMFS_TOOLS_INIT_TOP)],
     "dracut": [("/usr/lib/dracut/modules.d/99kdumpy-early/module-setup.sh",
                 DRACUT_MODULE_SETUP),
                ("/usr/lib/dracut/modules.d/99kdumpy-early/kdumpy-early.sh", DRACUT_HOOK)],

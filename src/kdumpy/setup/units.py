@@ -17,7 +17,9 @@ Both run kdumpy without ``--config``, so ``/etc/kdumpy.toml`` is optional (defau
   capture kernel's ELF header lists the CPUs and memory ranges; skipped when the kernel
   updates the header itself (``crash_hotplug`` = 1 on the ``cpu``/``memory`` subsystem
   devices, Linux 6.5+; udev's ``ATTRS`` looks at parent devices too). The same idea as
-  kdump-utils' ``98-kexec.rules``.
+  kdump-utils' ``98-kexec.rules``. initramfs-tools copies every rule under
+  ``/etc/udev/rules.d`` into the initramfs; the rule does nothing unless systemd runs
+  (``/run/systemd/system`` exists, sd_booted(3)), so that copy stays inert.
 
 ExecStart lines are quoted for systemd (systemd.service(5), "Command lines"): words with
 spaces or quotes in double quotes with ``\\`` escapes, ``%`` doubled (specifiers) and ``$``
@@ -112,6 +114,8 @@ GOTO="kdumpy_end"
 
 LABEL="kdumpy_reload"
 TEST!="/sys/kernel/kexec_crash_loaded", GOTO="kdumpy_end"
+# not in an initramfs (initramfs-tools copies /etc/udev/rules.d into it) or without systemd
+TEST!="/run/systemd/system", GOTO="kdumpy_end"
 RUN+="{systemctl} --no-block try-reload-or-restart {LOAD_UNIT}"
 
 LABEL="kdumpy_end"
