@@ -190,13 +190,18 @@ NOT_IN_SAVE = {("lab",), ("setup",), ("cli", "setup_commands.py"), ("cli", "anal
                ("cli", "lab_commands.py"), ("analysis", "report.py"), ("analysis", "kallsyms.py")}
 
 
-def kdumpy_digest() -> str:
-    """sha256 over kdumpy's Python sources that ``save`` runs (all but :data:`NOT_IN_SAVE`)."""
+def kdumpy_digest(whole: bool = False) -> str:
+    """sha256 over kdumpy's Python sources that ``save`` runs (all but :data:`NOT_IN_SAVE`),
+    or, with ``whole``, over all but the lab (runs where ``kdumpy load`` or ``kdumpy capture``
+    run in the guest, which import the setup side too)."""
     pkg = project_src() / "kdumpy"
     digest = hashlib.sha256()
     for path in sorted(pkg.rglob("*.py")):
         rel = path.relative_to(pkg)
-        if rel.parts[:1] in NOT_IN_SAVE or rel.parts[:2] in NOT_IN_SAVE:
+        if whole:
+            if rel.parts[:1] == ("lab",):
+                continue
+        elif rel.parts[:1] in NOT_IN_SAVE or rel.parts[:2] in NOT_IN_SAVE:
             continue
         digest.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
@@ -362,7 +367,9 @@ def ensure_run(spec: str, options: RunOptions | None = None, *, fresh: bool = Fa
     accel, accel_reason = choose_accelerator(options.accel)
     recipe = _recipe(kernel, initramfs, options, accel, early)
     key = _key(recipe)
-    digest = kdumpy_digest() if options.save_with == "kdumpy" else None
+    digest = kdumpy_digest(whole=options.loader != "kexec-tools"
+                           or "service" in options.capture_steps) \
+        if options.save_with == "kdumpy" else None
     directory = run_directory(kernel.release, options.crashkernel, options)
     with locked(directory.with_name(directory.name + ".lock")):
         if not fresh:
