@@ -27,6 +27,8 @@ kdumpy's sources are unchanged (``KDUMPY_LAB_REUSE=any`` reuses it regardless).
 ``lab_early_crash``
     Early kdump: the capture kernel loaded by kdumpy's initramfs-tools hook, the first kernel
     dead inside that initramfs (a WARN() with ``panic_on_warn=1``), captured by the service.
+    ``lab_early_dracut_crash``: the same with dracut's image, dead because dracut's /init
+    exits without a root (``rd.shell=0``).
 ``lab_raw``
     :class:`kdumpy.lab.vmcore.RawVmcore` over ``lab_crash.raw_vmcore`` (an ELF reader that
     shares no code with kdumpy, for use as an oracle).
@@ -46,7 +48,7 @@ import pytest
 
 LAB_FIXTURES = {"lab_release", "lab_crash", "lab_crash_small", "lab_raw", "lab_crashes",
                 "lab_service_crash", "lab_taint_crash", "lab_warn_crash",
-                "lab_early_crash", "lab_vmlinux"}
+                "lab_early_crash", "lab_early_dracut_crash", "lab_vmlinux"}
 
 _releases: list[str] | None = None
 
@@ -152,6 +154,18 @@ def lab_early_crash(lab_release: str):
 
     return _lab_crash(lab_release, DEFAULT_CRASHKERNEL, loader="early",
                       capture_steps=("raw", "service"), trigger="warn")
+
+
+@pytest.fixture(scope="session")
+def lab_early_dracut_crash(lab_release: str):
+    """Early kdump with dracut: Debian's dracut-core (unpacked, not installed) builds the
+    first kernel's initramfs with kdumpy's dracut module; booted with no ``root=`` and
+    ``rd.shell=0``, dracut's /init gives up and exits, and the kernel panics ("Attempted to
+    kill init!") after kdumpy's cmdline hook loaded the capture kernel."""
+    from kdumpy.lab.corpus import DEFAULT_CRASHKERNEL
+
+    return _lab_crash(lab_release, DEFAULT_CRASHKERNEL, loader="early-dracut",
+                      capture_steps=("raw", "service"), trigger="no-root")
 
 
 @pytest.fixture(scope="session")

@@ -44,7 +44,7 @@ from typing import Any
 from kdumpy.setup.triggers import BOOT_ONLY
 
 from .cache import locked, release_dir
-from .early import EARLY_APPEND, LOADED_LINE, EarlyImage, ensure_early_image
+from .early import GENERATORS, LOADED_LINE, EarlyImage, ensure_early_image
 from .guest_init import render_config
 from .initramfs import Initramfs, ensure_initramfs, which_or_fail
 from .kernels import Kernel, ensure_kernel
@@ -120,8 +120,9 @@ class RunOptions:
     cpu: str = "max"
     accel: str = "auto"
     kexec_mode: str = "auto"          # auto (file, then load), file, load
-    #: kexec-tools; kdumpy (`kdumpy load`, kexec_file_load); or early: the first kernel boots
-    #: an initramfs-tools image with kdumpy's early-kdump hook (:mod:`.early`) and dies in it
+    #: kexec-tools; kdumpy (`kdumpy load`, kexec_file_load); or early / early-dracut: the
+    #: first kernel boots an initramfs-tools / dracut image with kdumpy's early-kdump hook
+    #: (:mod:`.early`) and dies in it (trigger warn / no-root)
     loader: str = "kexec-tools"
     save_with: str = "kdumpy"         # kdumpy, or makedumpfile as a stand-in while developing
     dump_level: int = 1
@@ -289,7 +290,7 @@ class CrashRun:
 
 
 def run_directory(release: str, crashkernel: str, options: RunOptions | None = None) -> Path:
-    suffix = {"kdumpy": "-service", "early": "-early"}.get(
+    suffix = {"kdumpy": "-service", "early": "-early", "early-dracut": "-early-dracut"}.get(
         options.loader if options is not None else "", "")
     if options is not None and options.trigger != "sysrq":
         suffix += f"-{options.trigger}"
@@ -308,23 +309,24 @@ def _recipe(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: st
 
 def check_options(options: RunOptions) -> None:
     """Reject combinations the guest cannot run."""
-    if options.loader not in ("kexec-tools", "kdumpy", "early"):
+    if options.loader not in ("kexec-tools", "kdumpy", *EARLY_LOADERS):
         raise ValueError(f"unknown lab loader {options.loader!r}")
+    if options.loader in EARLY_LOADERS:
+        want = GENERATORS[EARLY_LOADERS[options.loader]].trigger
+        if options.trigger != want:
+            raise ValueError(f"loader={options.loader!r} dies by trigger={want!r}, not "
+                             f"{options.trigger!r}")
+        return
     if options.trigger != "sysrq" and options.trigger not in TRIGGERS:
         raise ValueError(f"unknown lab trigger {options.trigger!r} (known: sysrq, "
                          f"{', '.join(TRIGGERS)})")
-    if options.loader == "early" and options.trigger != "warn":
-        raise ValueError("loader='early' dies by trigger='warn' (the module is loaded from "
-                         "the initramfs' /conf/modules with panic_on_warn=1)")
     if options.trigger != "sysrq" and options.loader == "kexec-tools":
         raise ValueError("a trigger other than sysrq needs loader='kdumpy' (kdumpy load "
                          "applies the [triggers] config) or loader='early'")
 
 
-def ensure_early(kernel: Kernel, initramfs: Initramfs) -> EarlyImage:
-    """The early-kdump first-kernel image (with the WARN module) for ``kernel``."""
-    from .warn_module import ensure_warn_module
-    return ensure_early_image(kernel, initramfs, ensure_warn_module(kernel))
+#: Lab loaders that boot a generator's early-kdump image, and the generator.
+EARLY_LOADERS = {"early": "initramfs-tools", "early-dracut": "dracut"}
 
 
 def _key(recipe: dict) -> str:
@@ -363,7 +365,8 @@ def ensure_run(spec: str, options: RunOptions | None = None, *, fresh: bool = Fa
     kernel = ensure_kernel(spec, log=log)
     rdir = release_dir(kernel.release)
     initramfs = ensure_initramfs(kernel, rdir)
-    early = ensure_early(kernel, initramfs) if options.loader == "early" else None
+    early = (ensure_early_image(kernel, initramfs, EARLY_LOADERS[options.loader])
+             if options.loader in EARLY_LOADERS else None)
     accel, accel_reason = choose_accelerator(options.accel)
     recipe = _recipe(kernel, initramfs, options, accel, early)
     key = _key(recipe)
@@ -535,7 +538,7 @@ def _execute(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: s
     _make_sparse(paths["raw_vmcore"], (options.memory_mib + 256) << 20)
     append = f"{options.first_append} crashkernel={options.crashkernel}"
     if early is not None:
-        append += " " + EARLY_APPEND
+        append += " " + early.generator.append
     elif options.trigger in TRIGGERS and TRIGGERS[options.trigger].boot_append:
         append += " " + TRIGGERS[options.trigger].boot_append
     machine = Machine(
@@ -564,7 +567,7 @@ def _execute(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: s
     try:
         marks["linux_version_first"] = watch.linux_version(timeout("boot"), "first kernel boot")
         if early is not None:
-            early_values = _watch_early_first(watch, marks)
+            early_values = _watch_early_first(watch, marks, early)
         else:
             _watch_first(watch, marks, options, step_limits)
         log(f"lab:   crash triggered at {marks['crash_now']:.1f} s")
@@ -637,11 +640,12 @@ RUN_INIT_RE = re.compile(r"Run /init as init process")
 PANIC_RE = re.compile(r"Kernel panic - not syncing: (.*)")
 
 
-def _watch_early_first(watch: _Watch, marks: dict[str, float]) -> dict[str, Any]:
-    """The early case's first kernel: initramfs-tools' /init, kdumpy's init-top script loads
-    the capture kernel (its kmsg line must say exit 0, loaded=1), then the WARN module loaded
-    from /conf/modules panics the kernel. Nothing of the lab's /init runs here."""
-    line, _ = watch.until("initramfs-tools /init",
+def _watch_early_first(watch: _Watch, marks: dict[str, float],
+                       early: EarlyImage) -> dict[str, Any]:
+    """The early case's first kernel: the generator's /init, kdumpy's hook loads the capture
+    kernel (its kmsg line must say exit 0, loaded=1), then the kernel panics the generator's
+    way (:data:`.early.GENERATORS`). Nothing of the lab's /init runs here."""
+    line, _ = watch.until(f"{early.generator.name}'s /init",
                           lambda ln, _e: RUN_INIT_RE.search(ln.text) is not None, timeout("boot"))
     marks["init_first"] = line.t
     line, _ = watch.until("kdumpy's early-kdump load", lambda ln, _e: LOADED_LINE in ln.text,
@@ -654,7 +658,11 @@ def _watch_early_first(watch: _Watch, marks: dict[str, float]) -> dict[str, Any]
                           lambda ln, _e: PANIC_RE.search(ln.text) is not None, timeout("fill"))
     marks["crash_now"] = line.t
     match = PANIC_RE.search(line.text)
-    return {"loaded_line": loaded, "panic": match.group(1).strip() if match else "",
+    if early.generator.panic_text not in line.text:
+        raise watch._fail(f"the first kernel panicked otherwise than expected "
+                          f"({early.generator.panic_text!r}): {line.text.strip()!r}")
+    return {"generator": early.generator.name, "loaded_line": loaded,
+            "panic": match.group(1).strip() if match else "",
             "load_to_panic_seconds": round(line.t - marks["early_loaded"], 3)}
 
 
