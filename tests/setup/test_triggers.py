@@ -255,3 +255,21 @@ def test_early_conf_survives_the_initramfs_shell(tmp_path):
                           str(conf)], capture_output=True, text=True, check=True).stdout
     assert out == line
 
+
+
+def test_every_hook_file_parses_in_its_shell(tmp_path):
+    """Each generator's hook is valid for the shell that runs it: POSIX sh (dash) for
+    initramfs-tools and the dracut hook, bash for dracut's module-setup.sh and mkinitcpio's
+    install file, ash-compatible sh for mkinitcpio's run hook."""
+    import shutil
+    import subprocess
+
+    from kdumpy.setup import early
+    for files in early.HOOK_FILES.values():
+        for path, text in files:
+            shell = "bash" if text.startswith("#!/bin/bash") else "sh"
+            script = tmp_path / path.rsplit("/", 1)[1]
+            script.write_text(text)
+            r = subprocess.run([shutil.which(shell) or f"/bin/{shell}", "-n", str(script)],
+                               capture_output=True, text=True)
+            assert r.returncode == 0, (path, r.stderr)
