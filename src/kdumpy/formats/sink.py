@@ -8,13 +8,19 @@ turns each piece into a record of makedumpfile's flattened stream (see
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import BinaryIO, Protocol
+
+#: buffers per ``pwritev`` call (Linux ``IOV_MAX`` is 1024)
+_IOV_MAX = 1024
 
 
 class Sink(Protocol):
     seekable: bool
 
     def pwrite(self, offset: int, data: bytes | memoryview) -> None: ...
+
+    def pwritev(self, offset: int, parts: Sequence[bytes | memoryview]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -34,6 +40,18 @@ class FileSink:
             n = os.pwrite(self.fd, view, offset)
             view = view[n:]
             offset += n
+        self.high_water = max(self.high_water, offset)
+
+    def pwritev(self, offset: int, parts: Sequence[bytes | memoryview]) -> None:
+        """``parts`` back to back from ``offset``, up to ``IOV_MAX`` buffers a system call."""
+        fd = self.fd
+        for i in range(0, len(parts), _IOV_MAX):
+            chunk = parts[i:i + _IOV_MAX]
+            want = sum(map(len, chunk))
+            n = os.pwritev(fd, chunk, offset)
+            if n != want:  # short write (e.g. the disk filled up): finish it piece by piece
+                self.pwrite(offset + n, memoryview(b"".join(chunk))[n:])
+            offset += want
         self.high_water = max(self.high_water, offset)
 
     def close(self) -> None:
@@ -57,6 +75,16 @@ class FlatSink:
             return
         self.stream.write(self._record(offset, len(data)))
         self.stream.write(data)
+
+    def pwritev(self, offset: int, parts: Sequence[bytes | memoryview]) -> None:
+        """One record holding ``parts`` back to back."""
+        size = sum(map(len, parts))
+        if size == 0:
+            return
+        write = self.stream.write
+        write(self._record(offset, size))
+        for p in parts:
+            write(p)
 
     def close(self) -> None:
         from kdumpy.formats.flattened import FLAT_END
