@@ -59,7 +59,7 @@ class SaveOptions:
     compress: str = "lzo"
     format: str = "kdump"  # "kdump" or "elf"
     threads: int = field(default_factory=usable_cpus)
-    batch_pages: int = 256
+    batch_pages: int = 512
     #: keep the source's dump level in the output's sub header (convert)
     recorded_dump_level: int | None = None
     #: skip a level whose VMCOREINFO keys are missing instead of failing
