@@ -11,6 +11,11 @@ makedumpfile has no snappy/zstd: those rows are kdumpy only, compared with kdump
 ``kdumpy dmesg`` time is reported too. Inputs: the lab's raw vmcores
 (``~/.cache/kdumpy/lab/*/crash-256M/vmcore.raw``) and ``bench/synth16g.py``'s large one.
 Nothing here is asserted: it prints a table (and ``--json FILE`` writes the numbers).
+
+kdumpy runs from the checkout this script lives in (``PYTHONPATH``), byte-compiled once up
+front; every input is read once before timing (warm page cache), and before each timed run
+the previous output is removed and dirty pages are synced, untimed, so one tool's writeback
+does not land in the other's time.
 """
 
 from __future__ import annotations
@@ -25,13 +30,30 @@ import tempfile
 import time
 
 
-def run(argv: list[str], out: str | None) -> tuple[float, float, int]:
-    """Wall seconds, peak RSS MiB, output bytes of one command."""
+#: this checkout's sources: the kdumpy measured is the one beside this script, whatever
+#: ``kdumpy`` is installed
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+
+
+def kdumpy_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = SRC + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def run(argv: list[str], out: str | None, env: dict[str, str] | None = None) -> tuple[float, float, int]:
+    """Wall seconds, peak RSS MiB, output bytes of one command.
+
+    The previous output is removed and everything dirty is written back first (untimed),
+    so one run's writeback (makedumpfile does not fsync; kdumpy does) never lands in the
+    next run's time.
+    """
     if out and os.path.exists(out):
         os.unlink(out)
+    os.sync()
     t0 = time.perf_counter()
     r = subprocess.run(["/usr/bin/time", "-f", "KDUMPY_RSS_KB=%M", *argv],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     el = time.perf_counter() - t0
     if r.returncode != 0:
         last = [ln for ln in r.stderr.splitlines() if ln.strip() and "KDUMPY_RSS_KB" not in ln]
@@ -59,12 +81,21 @@ def main() -> int:
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
     kd = [sys.executable, "-m", "kdumpy"]
+    env = kdumpy_env()
+    # Byte-compile this checkout once (an installed kdumpy is; with PYTHONDONTWRITEBYTECODE
+    # set, every run would otherwise compile its modules again).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", SRC], check=False,
+                   stdout=subprocess.DEVNULL)
+    print(f"kdumpy from {SRC}")
     results = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as d:
         o_k, o_m = os.path.join(d, "k"), os.path.join(d, "m")
         for vm in args.vmcores:
             size_in = os.path.getsize(vm)
-            dm = [run(kd + ["dmesg", vm], None) for _ in range(args.repeat)]
+            with open(vm, "rb") as f:  # into the page cache first: every run reads it warm
+                while f.read(64 << 20):
+                    pass
+            dm = [run(kd + ["dmesg", vm], None, env) for _ in range(args.repeat)]
             print(f"\n{vm} ({size_in >> 20} MiB): kdumpy dmesg median "
                   f"{med(dm)[0]:.2f} s, {med(dm)[1]:.0f} MiB")
             print(f"{'level':>5} {'codec':6} {'thr':>3} | {'kdumpy s':>8} {'mdf s':>7} {'ratio':>5} |"
@@ -76,7 +107,7 @@ def main() -> int:
                         failed = ""
                         for _ in range(args.repeat):
                             ks.append(run(kd + ["save", "-q", "--no-dmesg", "--threads", str(thr),
-                                                "-d", level, "-c", codec, vm, o_k], o_k))
+                                                "-d", level, "-c", codec, vm, o_k], o_k, env))
                             mt = [] if thr == 1 else ["--num-threads", str(thr)]
                             try:
                                 ms.append(run(["makedumpfile", flag, *mt, "-d", level, vm, o_m], o_m))
@@ -101,7 +132,7 @@ def main() -> int:
                           and r["threads"] == 1 and r["level"] == int(level))
                 for codec in ("snappy", "zstd"):
                     ks = [run(kd + ["save", "-q", "--no-dmesg", "--threads", "1", "-d", level,
-                                    "-c", codec, vm, o_k], o_k) for _ in range(args.repeat)]
+                                    "-c", codec, vm, o_k], o_k, env) for _ in range(args.repeat)]
                     k = med(ks)
                     results.append({"input": vm, "level": int(level), "codec": codec, "threads": 1,
                                     "kdumpy": k, "vs_kdumpy_zlib_time": k[0] / zl["kdumpy"][0],

@@ -93,13 +93,20 @@ class DumpMemory(ABC):
     def read_pfn(self, pfn: int) -> bytes:
         return self.read_pfns(pfn, 1).tobytes()
 
+    def read_pfns_bytes(self, start: int, count: int) -> bytes:
+        """:meth:`read_pfns` as one ``bytes`` object (the capture pipeline slices pages
+        out of it for the codecs)."""
+        return self.read_pfns(start, count).tobytes()
+
     def read_phys(self, addr: int, size: int) -> bytes:
         ps = self.page_size
         first = addr // ps
         last = (addr + size + ps - 1) // ps
-        pages = self.read_pfns(first, last - first)
+        data = self.read_pfns_bytes(first, last - first)
         off = addr - first * ps
-        return pages.reshape(-1)[off:off + size].tobytes()
+        if off == 0 and size == len(data):
+            return data
+        return data[off:off + size]
 
     # -- kernel addresses ---------------------------------------------------------------
     def kernel_image_to_phys(self, vaddr: int) -> int | None:
@@ -134,24 +141,27 @@ class DumpMemory(ABC):
     def read_virt(self, vaddr: int, size: int) -> bytes:
         """Read ``size`` bytes at kernel virtual address ``vaddr`` (page by page, through
         the page tables; large mappings are translated once)."""
-        out = bytearray()
+        chunks: list[bytes] = []
         pt = self.page_tables()
+        translate = pt.translate
         while size > 0:
             n = min(size, 4096 - (vaddr & 0xFFF))
-            pa = pt.translate(vaddr)
+            pa = translate(vaddr)
             # extend within a physically contiguous run to cut per-page overhead
             while n < size:
                 step = min(size - n, 4096)
                 try:
-                    if pt.translate(vaddr + n) != pa + n:
+                    if translate(vaddr + n) != pa + n:
                         break
                 except KdumpyError:
                     break
                 n += step
-            out += self.read_phys(pa, n)
+            chunks.append(self.read_phys(pa, n))
             vaddr += n
             size -= n
-        return bytes(out)
+        if len(chunks) == 1:  # the usual case: one copy out of the dump, no joining
+            return chunks[0]
+        return b"".join(chunks)
 
     def read_kernel_utsname(self) -> dict[str, str] | None:
         """The crashed kernel's ``init_uts_ns.name`` (``struct new_utsname``), or None.
@@ -346,6 +356,25 @@ class ElfMemory(DumpMemory):
             else:
                 out[a - lo:b - lo] = np.frombuffer(_slice(self.buf, src, b - a), dtype=np.uint8)
         return out.reshape(count, ps)
+
+    def read_pfns_bytes(self, start: int, count: int) -> bytes:
+        """One copy out of the file when the range lies inside one segment's file data
+        (the common case: the pipeline reads runs of dumpable pages), else
+        :meth:`read_pfns`."""
+        ps = self.page_size
+        lo, size = start * ps, count * ps
+        for pa, _mem, fsz, off, _va in self.segments:
+            if pa <= lo and lo + size <= pa + fsz:
+                src = off + (lo - pa)
+                fd = self._read_fd
+                if fd is None:
+                    return bytes(_slice(self.buf, src, size))
+                data = os.pread(fd, size, src)
+                if len(data) != size:
+                    raise DumpFormatError(self.path, "PT_LOAD data", src,
+                                          f"file ends {len(data)} bytes into a {size}-byte read")
+                return data
+        return self.read_pfns(start, count).tobytes()
 
     @property
     def _read_fd(self) -> int | None:

@@ -223,9 +223,9 @@ def filter_pages(mem: DumpMemory, level: int, *, allow_partial: bool = False,
             if not sel.any():
                 continue
             s, e = starts[sel], ends[sel]
-            cover = np.zeros(n + 1, dtype=np.int32)
-            np.add.at(cover, s, 1)
-            np.add.at(cover, np.minimum(e, n), -1)
+            # +1 where a range starts, -1 where it ends: pages with a positive running sum
+            # are inside some range (ranges may nest)
+            cover = np.bincount(s, minlength=n + 1) - np.bincount(np.minimum(e, n), minlength=n + 1)
             excl = np.cumsum(cover[:n]) > 0
             cur = bm.bits_range(dumpable, pfn0, n)
             counts[name] += int(np.count_nonzero(cur & excl))

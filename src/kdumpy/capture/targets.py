@@ -35,6 +35,10 @@ from kdumpy.formats.sink import FileSink, FlatSink
 
 INCOMPLETE_SUFFIX = ".incomplete"
 
+#: a local dump starts writeback of its page data every this many bytes (see
+#: :class:`~kdumpy.formats.sink.FileSink`), so the fsync at the end has little left to wait for
+WRITEBACK_EVERY = 16 << 20
+
 
 class LocalTarget:
     """A dump file on a local (or NFS-mounted) filesystem, finished atomically."""
@@ -64,7 +68,7 @@ class LocalTarget:
             self._stream = os.fdopen(os.dup(self.fd), "wb", buffering=1 << 20)
             self.sink: FileSink | FlatSink = FlatSink(self._stream)
         else:
-            self.sink = FileSink(self.fd)
+            self.sink = FileSink(self.fd, writeback_every=WRITEBACK_EVERY)
 
     def commit(self) -> str:
         """Flush, fsync, rename into place and fsync the directory; return the final path."""

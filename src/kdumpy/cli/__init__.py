@@ -16,8 +16,12 @@ import os
 import sys
 from typing import Sequence
 
-from kdumpy import __version__
-from kdumpy.errors import KdumpyError
+# kdumpy does no linear algebra: numpy's OpenBLAS need not start a thread per CPU at import
+# (measurable at startup, and a capture kernel may have one CPU anyway).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from kdumpy import __version__  # noqa: E402
+from kdumpy.errors import KdumpyError  # noqa: E402
 
 COMMAND_MODULES = ("dump_commands", "analysis_commands", "setup_commands", "lab_commands")
 

@@ -14,6 +14,9 @@ _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 _CHUNK_BYTES = 1 << 20
 
 
+_ZERO8 = np.zeros(1, dtype=np.int8)
+
+
 def new_bitmap(nbits: int) -> np.ndarray:
     return np.zeros((nbits + 7) >> 3, dtype=np.uint8)
 
@@ -99,11 +102,13 @@ def runs(bitmap: np.ndarray, nbits: int | None = None, chunk_bits: int = 1 << 20
     open_start: int | None = None  # a run that reached the end of the previous chunk
     for base in range(0, nbits, chunk_bits):
         n = min(chunk_bits, nbits - base)
-        bits = bits_range(bitmap, base, n).astype(np.int8)
+        bits = bits_range(bitmap, base, n).view(np.int8)
         if open_start is not None and not bits[0]:
             yield (open_start, base)
             open_start = None
-        edges = np.flatnonzero(np.diff(np.concatenate(([0], bits, [0]))))
+        # int8 throughout: a Python 0 in the concatenation would make it (and the diff)
+        # int64, eight times the memory of the chunk
+        edges = np.flatnonzero(np.diff(np.concatenate((_ZERO8, bits, _ZERO8))))
         for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist()):
             s = base + a
             if a == 0 and open_start is not None:

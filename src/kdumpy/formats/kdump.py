@@ -63,9 +63,19 @@ class KdumpArch:
 
     @property
     def desc_dtype(self) -> np.dtype:
-        e = self.endian
-        return np.dtype([("offset", e + "i8"), ("size", e + "u4"), ("flags", e + "u4"),
-                         ("page_flags", e + "u8")])
+        return _desc_dtype(self.endian)
+
+
+_DESC_DTYPES: dict[str, np.dtype] = {}
+
+
+def _desc_dtype(e: str) -> np.dtype:
+    """``struct page_desc``: offset, size, flags, page_flags (24 bytes)."""
+    dt = _DESC_DTYPES.get(e)
+    if dt is None:
+        dt = _DESC_DTYPES[e] = np.dtype([("offset", e + "i8"), ("size", e + "u4"),
+                                         ("flags", e + "u4"), ("page_flags", e + "u8")])
+    return dt
 
 
 # 64-bit: utsname padded to 8, timeval of two longs; sub header of longs and off_t's.
@@ -558,6 +568,47 @@ class KdumpWriter:
                 raise
         self.data_cursor += int(ssz.sum())
         self.next_rank += n
+
+    def write_stored(self, count: int, zero: np.ndarray | None, sizes: np.ndarray,
+                     flags: np.ndarray, parts: list) -> None:
+        """Descriptors and data of the next ``count`` dumpable pages, in PFN order.
+
+        ``zero`` (None: no zero page among them) marks the pages that point at the shared
+        zero page; ``sizes``, ``flags`` and ``parts`` (the stored bytes) describe the others,
+        whose data is written with one gathered write.
+        """
+        descs = np.zeros(count, dtype=self.arch.desc_dtype)
+        ends = np.cumsum(sizes)
+        stored = int(ends[-1]) if len(ends) else 0
+        offs = ends - sizes
+        offs += self.data_cursor
+        if zero is None:
+            descs["offset"] = offs
+            descs["size"] = sizes
+            descs["flags"] = flags
+        else:
+            descs["offset"] = self.zero_offset if self.zero_offset is not None else 0
+            descs["size"] = self.page_size
+            keep = ~zero
+            descs["offset"][keep] = offs
+            descs["size"][keep] = sizes
+            descs["flags"][keep] = flags
+        desc_at = self.layout.desc_offset + 24 * self.next_rank
+        self.sink.pwrite(desc_at, memoryview(descs).cast("B"))
+        if stored:
+            try:
+                self.sink.pwritev(self.data_cursor, parts)
+            except OSError:
+                # As makedumpfile does: descriptors whose data did not land become zeros
+                # (offset 0 = page lost), so readers see lost pages, not pointers past EOF.
+                if getattr(self.sink, "seekable", False):
+                    try:
+                        self.sink.pwrite(desc_at, bytes(24 * count))
+                    except OSError:
+                        pass
+                raise
+        self.data_cursor += stored
+        self.next_rank += count
 
     def mark_incomplete(self) -> None:
         """Set COMPRESSED_INCOMPLETE in the header (only a seekable sink can go back)."""
