@@ -39,6 +39,33 @@ EM_TO_MACHINE = {62: "x86_64", 3: "i386", 183: "aarch64", 21: "ppc64", 22: "s390
                  243: "riscv64", 40: "arm"}
 
 
+def _slice_bits(bitmap: np.ndarray, start: int, count: int) -> np.ndarray:
+    """A copy of the bytes of ``bitmap`` covering bits ``[start, start+count)`` (``start`` a
+    multiple of 8), zero-padded past the bitmap's end; bits past ``count`` cleared."""
+    if start & 7:
+        raise ValueError(f"bitmap slice must start on a byte: {start}")
+    nbytes = (count + 7) >> 3
+    out = np.zeros(nbytes, dtype=np.uint8)
+    part = np.asarray(bitmap[start >> 3:(start >> 3) + nbytes], dtype=np.uint8)
+    out[:len(part)] = part
+    if count & 7:
+        out[-1] &= (1 << (count & 7)) - 1
+    return out
+
+
+def _interval_bits(intervals: Sequence[tuple[int, int]], start: int, count: int) -> np.ndarray:
+    """Packed bits of ``[start, start+count)`` set where the sorted ``intervals`` cover."""
+    out = bm.new_bitmap(count)
+    end = start + count
+    for s, e in intervals:
+        if e <= start:
+            continue
+        if s >= end:
+            break
+        bm.set_range(out, max(s, start) - start, min(e, end) - start)
+    return out
+
+
 class DumpMemory(ABC):
     """Physical memory of a crashed machine as one dump file (or set) holds it."""
 
@@ -69,6 +96,15 @@ class DumpMemory(ABC):
 
     def is_dumpable(self, pfn: int) -> bool:
         return bm.test_bit(self.dumpable_bitmap(), pfn)
+
+    def present_bits(self, start: int, count: int) -> np.ndarray:
+        """Packed bitmap (bit 0 = PFN ``start``, a multiple of 8) of the present PFNs in
+        ``[start, start+count)``: one cycle's part, without the whole bitmap."""
+        return _slice_bits(self.present_bitmap(), start, count)
+
+    def dumpable_bits(self, start: int, count: int) -> np.ndarray:
+        """Like :meth:`present_bits`, for the dumpable PFNs."""
+        return _slice_bits(self.dumpable_bitmap(), start, count)
 
     def present_ranges(self) -> Iterator[tuple[int, int]]:
         return bm.runs(self.present_bitmap(), self.max_pfn)
@@ -318,6 +354,12 @@ class ElfMemory(DumpMemory):
         if self._dumpable is None:
             self._dumpable = self._bitmap(self._dumpable_iv)
         return self._dumpable
+
+    def present_bits(self, start: int, count: int) -> np.ndarray:
+        return _interval_bits(self._present_iv, start, count)
+
+    def dumpable_bits(self, start: int, count: int) -> np.ndarray:
+        return _interval_bits(self._dumpable_iv, start, count)
 
     def present_ranges(self) -> Iterator[tuple[int, int]]:
         return iter(self._present_iv)

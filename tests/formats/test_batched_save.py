@@ -32,12 +32,9 @@ def test_jobs_gather_runs_in_pfn_order():
     for s, e in ((3, 5), (10, 11), (20, 47), (100, 103), (150, 200)):
         bm.set_range(bitmap, s, e)
 
-    class Mem:
-        max_pfn = 200
-
     want = [p for s, e in bm.runs(bitmap, 200) for p in range(s, e)]
     for size in (1, 2, 7, 16, 1000):
-        jobs = list(P._jobs(Mem(), bitmap, size))  # type: ignore[arg-type]
+        jobs = list(P._jobs(bm.runs(bitmap, 200), size))
         got = [p for job in jobs for s, n in job for p in range(s, s + n)]
         assert got == want, size
         assert all(sum(n for _, n in job) <= size for job in jobs)

@@ -151,92 +151,158 @@ def check_filter_keys(mem: DumpMemory, level: int, *, allow_partial: bool = Fals
 
 def filter_pages(mem: DumpMemory, level: int, *, allow_partial: bool = False,
                  protect_kernel_image: bool = True) -> FilterResult:
-    """Bitmap 2 of ``mem`` with the page classes of ``level`` (bits 2, 4, 8, 16) removed.
+    """Bitmap 2 of ``mem`` with the page classes of ``level`` (bits 2, 4, 8, 16) removed,
+    as one array (one bit per PFN); :class:`PageFilter` gives it cycle by cycle.
 
     Bit 1 (zero pages) is decided from page data while writing, not here.
     """
-    dumpable = np.array(mem.dumpable_bitmap()[: (mem.max_pfn + 7) >> 3], dtype=np.uint8)
-    dumpable &= np.asarray(mem.present_bitmap()[: len(dumpable)], dtype=np.uint8)
-    result = FilterResult(dumpable, level)
-    if not level & ~1:
-        return result
-    vi = mem.vmcoreinfo
-    if vi is None:
-        raise MissingKeyError(f"{mem.path}: no VMCOREINFO: dump level {level} needs it")
-    rules = PageRules(vi, mem.page_size, level, allow_partial=allow_partial)
-    result.level = rules.level | (level & 1)
-    result.notes.extend(rules.skipped)
-    if not rules.level & ~1:
-        return result
-    try:
-        sections = MemSections(mem)
-    except MissingKeyError as exc:
-        if not allow_partial:
-            raise
-        result.level = level & 1
-        result.notes.append(f"dump levels above 1 skipped: {exc}")
-        return result
-    per = sections.pages_per_section
-    counts = {name: 0 for name in CLASS_NAMES.values()}
-    present = np.asarray(mem.present_bitmap(), dtype=np.uint8)
-    image = kernel_image_ranges(mem) if protect_kernel_image else []
-    if image and not _reserved_bit_checked(mem, sections, rules):
-        result.notes.append("PG_reserved could not be confirmed on the kernel image; "
-                            "its pages are not specially protected")
-        image = []
-    first_sec = 0
-    last_sec = -(-mem.max_pfn // per)
-    read_since_trim = 0
-    for nr in range(first_sec, last_sec):
-        pfn0 = nr * per
-        n = min(per, mem.max_pfn - pfn0)
-        decide = bm.bits_range(present, pfn0, n)
-        if not decide.any():
-            continue
-        base = sections.mem_map(nr)
-        if base is None:
-            continue
+    pf = PageFilter(mem, level, allow_partial=allow_partial,
+                    protect_kernel_image=protect_kernel_image)
+    dumpable = pf.bitmap(0, mem.max_pfn)
+    return pf.result(dumpable)
+
+
+class PageFilter:
+    """Bitmap 2 of ``mem``, one cycle of PFNs at a time, in ascending order.
+
+    Memory stays bounded by the cycle (one bit per PFN of it), not by the machine's RAM:
+    each call reads the cycle's ``struct page`` arrays section by section, as makedumpfile's
+    cyclic mode does. A free block or compound page that runs past the cycle's end (a 1 GiB
+    hugetlb page, a buddy block across sections) is remembered and cleared from the next
+    cycles when they come. Cycles must be contiguous, start at PFN 0, and be multiples of
+    the memory section size (:attr:`cycle_unit`).
+    """
+
+    def __init__(self, mem: DumpMemory, level: int, *, allow_partial: bool = False,
+                 protect_kernel_image: bool = True) -> None:
+        self.mem = mem
+        self.level = level
+        self.notes: list[str] = []
+        self.protected = 0
+        self.counts = {name: 0 for name in CLASS_NAMES.values()}
+        self.rules: PageRules | None = None
+        self.sections: MemSections | None = None
+        self.image: list[tuple[int, int]] = []
+        self._carry: list[tuple[int, int, str]] = []   # (start, end, class) past the cycle
+        self._next = 0
+        if not level & ~1:
+            return
+        vi = mem.vmcoreinfo
+        if vi is None:
+            raise MissingKeyError(f"{mem.path}: no VMCOREINFO: dump level {level} needs it")
+        rules = PageRules(vi, mem.page_size, level, allow_partial=allow_partial)
+        self.level = rules.level | (level & 1)
+        self.notes.extend(rules.skipped)
+        if not rules.level & ~1:
+            return
         try:
-            raw = mem.read_virt(base, n * sections.size_page)
-        except KdumpyError as exc:
-            raise KdumpyError(f"{mem.path}: struct page array of PFNs {pfn0:#x}-{pfn0 + n - 1:#x} "
-                              f"cannot be read ({exc})") from None
-        protect = None
-        for s_, e_ in image:
-            if s_ < pfn0 + n and e_ > pfn0:
-                if protect is None:
-                    protect = np.zeros(n, dtype=bool)
-                protect[max(s_, pfn0) - pfn0:min(e_, pfn0 + n) - pfn0] = True
-        read_since_trim += len(raw)
-        if read_since_trim >= 4 << 20:  # struct pages read through the mmap count as RSS
-            mem.trim()
-            read_since_trim = 0
-        cls, nr_pages, warns, saved = rules.classify(raw, pfn0, decide, protect)
-        result.protected += saved
-        result.notes.extend(warns)
-        starts = np.flatnonzero(cls != KEEP)
-        if len(starts) == 0:
-            continue
-        ends = starts + nr_pages[starts]
-        for klass, name in CLASS_NAMES.items():
-            sel = cls[starts] == klass
-            if not sel.any():
+            sections = MemSections(mem)
+        except MissingKeyError as exc:
+            if not allow_partial:
+                raise
+            self.level = level & 1
+            self.notes.append(f"dump levels above 1 skipped: {exc}")
+            return
+        self.rules, self.sections = rules, sections
+        image = kernel_image_ranges(mem) if protect_kernel_image else []
+        if image and not _reserved_bit_checked(mem, sections, rules):
+            self.notes.append("PG_reserved could not be confirmed on the kernel image; "
+                              "its pages are not specially protected")
+            image = []
+        self.image = image
+
+    @property
+    def cycle_unit(self) -> int:
+        """Cycles are multiples of this many PFNs (a memory section, and a whole byte)."""
+        per = self.sections.pages_per_section if self.sections is not None else 8
+        return max(8, per)
+
+    def bitmap(self, start: int, end: int) -> np.ndarray:
+        """Packed bitmap 2 of PFNs ``[start, end)`` (bit 0 = ``start``); the next call
+        must start at ``end``."""
+        mem = self.mem
+        end = min(end, mem.max_pfn)
+        if start != self._next or (start % self.cycle_unit and start != end):
+            raise ValueError(f"cycle [{start}, {end}) out of order or unaligned "
+                             f"(next {self._next}, unit {self.cycle_unit})")
+        self._next = end
+        count = end - start
+        dumpable = mem.dumpable_bits(start, count)
+        present = mem.present_bits(start, count)
+        dumpable &= present
+        if self.sections is None or self.rules is None or count <= 0:
+            return dumpable
+        carry, self._carry = self._carry, []
+        for lo, hi, name in carry:
+            self._exclude(dumpable, start, end, lo, hi, name)
+        rules, sections = self.rules, self.sections
+        per = sections.pages_per_section
+        read_since_trim = 0
+        for nr in range(start // per, -(-end // per)):
+            pfn0 = nr * per
+            n = min(per, end - pfn0)
+            decide = bm.bits_range(present, pfn0 - start, n)
+            if not decide.any():
                 continue
-            s, e = starts[sel], ends[sel]
-            # +1 where a range starts, -1 where it ends: pages with a positive running sum
-            # are inside some range (ranges may nest)
-            cover = np.bincount(s, minlength=n + 1) - np.bincount(np.minimum(e, n), minlength=n + 1)
-            excl = np.cumsum(cover[:n]) > 0
-            cur = bm.bits_range(dumpable, pfn0, n)
-            counts[name] += int(np.count_nonzero(cur & excl))
-            bm.put_bits(dumpable, pfn0, cur & ~excl)
-            for a, b in zip(s[e > n].tolist(), e[e > n].tolist()):
-                # a range running past this section (e.g. a 1 GiB hugetlb page)
-                lo, hi = pfn0 + n, min(pfn0 + b, mem.max_pfn)
-                counts[name] += bm.count_bits(dumpable, lo, hi)
-                bm.set_range(dumpable, lo, hi, False)
-    if result.protected:
-        result.notes.append(f"kept {result.protected} PG_reserved kernel-image pages that a rule "
-                            "would have dropped (makedumpfile issue #21)")
-    result.excluded = {k: v for k, v in counts.items() if v}
-    return result
+            base = sections.mem_map(nr)
+            if base is None:
+                continue
+            try:
+                raw = mem.read_virt(base, n * sections.size_page)
+            except KdumpyError as exc:
+                raise KdumpyError(f"{mem.path}: struct page array of PFNs {pfn0:#x}-"
+                                  f"{pfn0 + n - 1:#x} cannot be read ({exc})") from None
+            protect = None
+            for s_, e_ in self.image:
+                if s_ < pfn0 + n and e_ > pfn0:
+                    if protect is None:
+                        protect = np.zeros(n, dtype=bool)
+                    protect[max(s_, pfn0) - pfn0:min(e_, pfn0 + n) - pfn0] = True
+            read_since_trim += len(raw)
+            if read_since_trim >= 4 << 20:  # struct pages read through the mmap count as RSS
+                mem.trim()
+                read_since_trim = 0
+            cls, nr_pages, warns, saved = rules.classify(raw, pfn0, decide, protect)
+            self.protected += saved
+            self.notes.extend(warns)
+            starts = np.flatnonzero(cls != KEEP)
+            if len(starts) == 0:
+                continue
+            ends = starts + nr_pages[starts]
+            for klass, name in CLASS_NAMES.items():
+                sel = cls[starts] == klass
+                if not sel.any():
+                    continue
+                s, e = starts[sel], ends[sel]
+                # +1 where a range starts, -1 where it ends: pages with a positive running
+                # sum are inside some range (ranges may nest)
+                cover = (np.bincount(s, minlength=n + 1)
+                         - np.bincount(np.minimum(e, n), minlength=n + 1))
+                excl = np.cumsum(cover[:n]) > 0
+                cur = bm.bits_range(dumpable, pfn0 - start, n)
+                self.counts[name] += int(np.count_nonzero(cur & excl))
+                bm.put_bits(dumpable, pfn0 - start, cur & ~excl)
+                for b in e[e > n].tolist():
+                    # a range running past this section (e.g. a 1 GiB hugetlb page)
+                    self._exclude(dumpable, start, end, pfn0 + n, min(pfn0 + b, mem.max_pfn),
+                                  name)
+        return dumpable
+
+    def _exclude(self, dumpable: np.ndarray, start: int, end: int, lo: int, hi: int,
+                 name: str) -> None:
+        """Clear ``[lo, hi)`` inside this cycle (counting what was set), carry the rest."""
+        if hi > end:
+            self._carry.append((max(lo, end), hi, name))
+        a, b = max(lo, start), min(hi, end)
+        if a < b:
+            self.counts[name] += bm.count_bits(dumpable, a - start, b - start)
+            bm.set_range(dumpable, a - start, b - start, False)
+
+    def result(self, dumpable: np.ndarray) -> FilterResult:
+        """What was dropped so far, with ``dumpable`` as the bitmap."""
+        notes = list(self.notes)
+        if self.protected:
+            notes.append(f"kept {self.protected} PG_reserved kernel-image pages that a rule "
+                         "would have dropped (makedumpfile issue #21)")
+        return FilterResult(dumpable, self.level, {k: v for k, v in self.counts.items() if v},
+                            self.protected, notes)

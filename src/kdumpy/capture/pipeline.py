@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 import os
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -60,6 +60,10 @@ class SaveOptions:
     format: str = "kdump"  # "kdump" or "elf"
     threads: int = field(default_factory=usable_cpus)
     batch_pages: int = 512
+    #: kdump output: PFNs per cycle of bitmap 2 (rounded to whole memory sections), and the
+    #: largest whole bitmap kept between the counting and the writing pass (see Cycles)
+    cycle_pfns: int = 1 << 23
+    bitmap_budget: int = 4 << 20
     #: keep the source's dump level in the output's sub header (convert)
     recorded_dump_level: int | None = None
     #: skip a level whose VMCOREINFO keys are missing instead of failing
@@ -104,15 +108,16 @@ def _batches(mem: DumpMemory, bitmap: np.ndarray, size: int) -> Iterator[tuple[i
             yield b, min(size, e - b)
 
 
-def _jobs(mem: DumpMemory, bitmap: np.ndarray, size: int) -> Iterator[tuple[tuple[int, int], ...]]:
-    """Runs of dumpable PFNs gathered into jobs of at most ``size`` pages, in PFN order.
+def _jobs(runs: Iterable[tuple[int, int]], size: int) -> Iterator[tuple[tuple[int, int], ...]]:
+    """Runs of dumpable PFNs (``(start, end)``, ascending) gathered into jobs of at most
+    ``size`` pages, in PFN order.
 
     At high dump levels most runs are a few pages long; gathering them keeps the
     per-batch costs (numpy calls, system calls, thread hand-offs) off the per-page path.
     """
     job: list[tuple[int, int]] = []
     room = size
-    for s, e in bm.runs(bitmap, mem.max_pfn):
+    for s, e in runs:
         while s < e:
             k = min(e - s, room)
             job.append((s, k))
@@ -259,12 +264,71 @@ def _notes_bytes(mem: DumpMemory) -> bytes:
     return build_notes(mem.notes)
 
 
-def write_kdump(mem: DumpMemory, sink, opts: SaveOptions, dumpable: np.ndarray,
+class Cycles:
+    """Bitmap 2 cut into cycles of PFNs, counted before anything is written (pass 1 of a
+    kdump-compressed save, as in makedumpfile's cyclic mode).
+
+    The count fixes the descriptor table's size. The cycles' bitmap parts are kept when the
+    whole bitmap fits in ``opts.bitmap_budget`` bytes (one bit per PFN: 4 MiB is 128 GiB of
+    RAM); otherwise the writing pass filters each cycle again (makedumpfile's cyclic mode
+    also filters twice), so memory is bounded by one cycle (``opts.cycle_pfns``, 1 MiB of
+    bitmap for 32 GiB) whatever the machine's size.
+    """
+
+    def __init__(self, mem: DumpMemory, opts: SaveOptions) -> None:
+        from kdumpy.capture.filter import PageFilter
+        self.mem = mem
+        self._filter_args = dict(level=opts.dump_level, allow_partial=opts.allow_partial_filter)
+        self.filter = PageFilter(mem, **self._filter_args)  # type: ignore[arg-type]
+        unit = self.filter.cycle_unit
+        size = max(unit, opts.cycle_pfns // unit * unit)
+        self.bounds = [(lo, min(lo + size, mem.max_pfn)) for lo in range(0, mem.max_pfn, size)]
+        keep = (mem.max_pfn + 7) >> 3 <= opts.bitmap_budget
+        self._parts: list[np.ndarray] | None = [] if keep else None
+        self.counts: list[int] = []
+        for lo, hi in self.bounds:
+            part = self.filter.bitmap(lo, hi)
+            self.counts.append(bm.count_bits(part, 0, hi - lo))
+            if self._parts is not None:
+                self._parts.append(part)
+        self.total = sum(self.counts)
+
+    @property
+    def kept(self) -> bool:
+        return self._parts is not None
+
+    def whole(self) -> np.ndarray:
+        """All of bitmap 2 as one array (for ELF output, and small dumps)."""
+        if self._parts is not None and len(self._parts) == 1:
+            return self._parts[0]
+        out = bm.new_bitmap(self.mem.max_pfn)
+        for (lo, hi), part in self.parts():
+            bm.put_bits(out, lo, bm.bits_range(part, 0, hi - lo))
+        return out
+
+    def parts(self) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
+        """Each cycle's bounds and bitmap-2 part, again (kept, or filtered anew and checked
+        against the first count: a different answer would misplace every page after it)."""
+        if self._parts is not None:
+            yield from zip(self.bounds, self._parts)
+            return
+        from kdumpy.capture.filter import PageFilter
+        again = PageFilter(self.mem, **self._filter_args)  # type: ignore[arg-type]
+        for (lo, hi), want in zip(self.bounds, self.counts):
+            part = again.bitmap(lo, hi)
+            got = bm.count_bits(part, 0, hi - lo)
+            if got != want:
+                raise KdumpyError(f"{self.mem.path}: PFNs {lo:#x}-{hi - 1:#x} filtered to "
+                                  f"{got} pages on the second pass, {want} on the first")
+            yield (lo, hi), part
+
+
+def write_kdump(mem: DumpMemory, sink, opts: SaveOptions, cycles: Cycles,
                 progress=None) -> SaveResult:
-    """Write ``mem`` as kdump-compressed through ``sink``; ``dumpable`` is bitmap 2."""
+    """Write ``mem`` as kdump-compressed through ``sink``, cycle by cycle: each cycle's
+    bitmap parts, then its pages' descriptors and data."""
     codec = CODECS[opts.compress]
     ps = mem.page_size
-    present = np.array(mem.present_bitmap()[: (mem.max_pfn + 7) >> 3], dtype=np.uint8)
     notes = _notes_bytes(mem)
     from kdumpy.formats.notes import parse_notes
     vi_off, vi_size = vmcoreinfo_desc_offset(parse_notes(notes, byteorder=mem.byteorder))  # type: ignore[arg-type]
@@ -273,7 +337,8 @@ def write_kdump(mem: DumpMemory, sink, opts: SaveOptions, dumpable: np.ndarray,
     recorded = opts.dump_level if opts.recorded_dump_level is None else opts.recorded_dump_level
     writer = KdumpWriter(
         sink, arch=ARCHES[MACHINE_WORD.get(mem.machine, 64)], page_size=ps,
-        max_mapnr=mem.max_pfn, bitmap1=present, bitmap2=dumpable, notes=notes,
+        max_mapnr=mem.max_pfn, bitmap1=None, bitmap2=None, num_dumpable=cycles.total,
+        notes=notes,
         vmcoreinfo_offset_in_notes=vi_off, vmcoreinfo_size=vi_size, utsname=_utsname(mem),
         crash_time=(vi.crash_time if vi is not None and vi.crash_time else
                     (mem.header.tv_sec if isinstance(mem, KdumpMemory) else 0)) or 0,
@@ -281,6 +346,13 @@ def write_kdump(mem: DumpMemory, sink, opts: SaveOptions, dumpable: np.ndarray,
         nr_cpus=max(1, sum(1 for n in mem.notes if n.type == NT_PRSTATUS and n.name == "CORE")),
         share_zero_page=share_zero)
     writer.write_headers()
+
+    def runs() -> Iterator[tuple[int, int]]:
+        for (lo, hi), part in cycles.parts():
+            writer.write_bitmaps(lo, mem.present_bits(lo, hi - lo), part)
+            for s, e in bm.runs(part, hi - lo):
+                yield lo + s, lo + e
+
     zero_pages = 0
     trim = _Trimmer(mem)
     # The loop makes no reference cycles but allocates many tracked objects (page lists,
@@ -290,7 +362,7 @@ def write_kdump(mem: DumpMemory, sink, opts: SaveOptions, dumpable: np.ndarray,
     try:
         with _pool(opts.threads) as pool:
             fn = lambda *job: _encode_job(mem, job, codec, share_zero, ps)  # noqa: E731
-            for _job, enc in _ordered(pool, _jobs(mem, dumpable, opts.batch_pages), fn,
+            for _job, enc in _ordered(pool, _jobs(runs(), opts.batch_pages), fn,
                                       opts.threads + 2):
                 writer.write_stored(enc.pages, enc.zero, enc.sizes, enc.flags, enc.parts)
                 n = enc.pages
@@ -432,18 +504,19 @@ def save(mem: DumpMemory, make_target, opts: SaveOptions, progress=None) -> Save
         if opts.format != "elf":
             raise KdumpyError("--elf32: ELF32 headers are for ELF output (--format elf)")
         check_elf32(mem)
-    from kdumpy.capture.filter import filter_pages
-    filt = filter_pages(mem, opts.dump_level, allow_partial=opts.allow_partial_filter)
+    cycles = Cycles(mem, opts)
+    filt = cycles.filter.result(np.zeros(0, dtype=np.uint8))
     if opts.recorded_dump_level is None:
         opts.recorded_dump_level = filt.level
     if progress is not None:
-        progress.set_total(bm.count_bits(filt.dumpable, 0, mem.max_pfn))
+        progress.set_total(cycles.total)
     target = make_target()
     try:
         if opts.format == "elf":
-            res = write_elf(mem, target.sink, opts, filt.dumpable, progress)
+            # ELF needs every PT_LOAD piece in its header before any data: whole bitmap
+            res = write_elf(mem, target.sink, opts, cycles.whole(), progress)
         else:
-            res = write_kdump(mem, target.sink, opts, filt.dumpable, progress)
+            res = write_kdump(mem, target.sink, opts, cycles, progress)
         res.path = target.commit()
     except BaseException as exc:
         left = target.abandon()

@@ -29,6 +29,11 @@ def _add_output_options(p: argparse.ArgumentParser, *, default_compress: str | N
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="compression threads (default: usable CPUs)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("--cyclic-buffer", type=int, default=None, metavar="KiB",
+                   help="bound the page bitmap to KiB per cycle (8192 PFNs per KiB), filtering "
+                        "each cycle again while writing, as makedumpfile's option; by default "
+                        "cycles are 1 MiB and a bitmap up to 4 MiB (128 GiB of RAM) is kept "
+                        "between the two passes")
 
 
 def _progress(total: int, page_size: int, quiet: bool, label: str):
@@ -45,7 +50,8 @@ def _target(dest: str, fmt: str, force: bool):
 
 def _run_save(mem, dest: str, *, fmt: str, compress: str, level: int, recorded: int | None,
               force: bool, threads: int | None, quiet: bool, label: str,
-              allow_partial: bool = False, elf32: bool = False) -> int:
+              allow_partial: bool = False, elf32: bool = False,
+              cyclic_kib: int | None = None) -> int:
     from kdumpy.capture.pipeline import SaveOptions, check_dump_level, save, usable_cpus
     check_dump_level(level)
     if fmt == "elf" and compress != "none":
@@ -55,6 +61,10 @@ def _run_save(mem, dest: str, *, fmt: str, compress: str, level: int, recorded: 
                        format="elf" if fmt == "elf" else "kdump",
                        threads=threads or usable_cpus(), recorded_dump_level=recorded,
                        allow_partial_filter=allow_partial, elf32=elf32)
+    if cyclic_kib is not None:
+        if cyclic_kib <= 0:
+            raise KdumpyError(f"--cyclic-buffer {cyclic_kib}: must be a positive number of KiB")
+        opts.cycle_pfns, opts.bitmap_budget = cyclic_kib * 8192, 0
     if dest == "-" and fmt == "kdump":
         fmt = "flat"
     progress = _progress(mem.count_dumpable(), mem.page_size, quiet or dest == "-", label)
@@ -97,7 +107,8 @@ def cmd_save(args: argparse.Namespace) -> int:
                 return _run_save(mem, dest, fmt=fmt, compress=compress, level=level,
                                  recorded=None, force=args.force, threads=args.threads,
                                  quiet=args.quiet, label="saving",
-                                 allow_partial=args.allow_partial_filter, elf32=args.elf32)
+                                 allow_partial=args.allow_partial_filter, elf32=args.elf32,
+                                 cyclic_kib=args.cyclic_buffer)
             except DumpIncomplete as exc:
                 cause = exc.__cause__
                 last = i == len(levels) - 1
@@ -150,7 +161,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         return _run_save(mem, dest, fmt=fmt, compress=compress,
                          level=level & 1 if args.dump_level is None else args.dump_level,
                          recorded=src_level | level, force=args.force, threads=args.threads,
-                         quiet=args.quiet, label="converting", elf32=args.elf32)
+                         quiet=args.quiet, label="converting", elf32=args.elf32,
+                         cyclic_kib=args.cyclic_buffer)
 
 
 def _is_flattened_source(src: str) -> bool:

@@ -469,24 +469,33 @@ def order_split_files(files: Sequence[KdumpFile]) -> list[KdumpFile]:
 class KdumpWriter:
     """Places the parts of a kdump-compressed file through a sink.
 
-    The caller knows bitmap 2 before any page is written (makedumpfile counts dumpable pages
-    first), so the descriptor table's size, and with it where page data starts, are fixed up
-    front; descriptors and data are then written batch by batch in PFN order, which a
-    flattened stream can carry without ever seeking back.
+    The caller knows how many pages bitmap 2 holds before any page is written (makedumpfile
+    counts dumpable pages first), so the descriptor table's size, and with it where page data
+    starts, are fixed up front; descriptors and data are then written batch by batch in PFN
+    order. The bitmaps are either given whole, or (``num_dumpable`` given instead) written
+    cycle by cycle with :meth:`write_bitmaps`; the flattened format carries either, since
+    its records name their offsets.
     """
 
     def __init__(self, sink, *, arch: KdumpArch = ARCH64_LE, page_size: int, max_mapnr: int,
-                 bitmap1: np.ndarray, bitmap2: np.ndarray, notes: bytes,
+                 bitmap1: np.ndarray | None, bitmap2: np.ndarray | None, notes: bytes,
                  vmcoreinfo_offset_in_notes: int | None, vmcoreinfo_size: int,
                  utsname: dict[str, str], crash_time: int, codec_flag: int, dump_level: int,
                  phys_base: int, nr_cpus: int, share_zero_page: bool,
-                 split: tuple[int, int] | None = None, num_desc_slots: int | None = None) -> None:
+                 split: tuple[int, int] | None = None, num_desc_slots: int | None = None,
+                 num_dumpable: int | None = None) -> None:
         self.sink = sink
         self.arch = arch
         self.page_size = page_size
         self.max_mapnr = max_mapnr
-        self.num_dumpable = count_bits(bitmap2, 0 if split is None else split[0],
-                                       max_mapnr if split is None else split[1])
+        if bitmap1 is None or bitmap2 is None:
+            # cyclic: the caller counted bitmap 2 and hands its parts to write_bitmaps()
+            if num_dumpable is None or split is not None:
+                raise ValueError("without whole bitmaps, num_dumpable is required (no split)")
+            self.num_dumpable = num_dumpable
+        else:
+            self.num_dumpable = count_bits(bitmap2, 0 if split is None else split[0],
+                                           max_mapnr if split is None else split[1])
         slots = self.num_dumpable if num_desc_slots is None else num_desc_slots
         self.layout = KdumpLayout.plan(page_size, max_mapnr, len(notes), slots, arch.sub.size)
         lay = self.layout
@@ -518,22 +527,37 @@ class KdumpWriter:
         sub = self.sub.pack(self.arch) + self._notes
         sink.pwrite(lay.sub_offset, sub.ljust(lay.sub_hdr_size * bs, b"\0"))
         nbytes = lay.bitmap_len
-        for i, b in enumerate(self._bitmaps):
-            raw = np.asarray(b[: (self.max_mapnr + 7) >> 3], dtype=np.uint8)
-            if self.max_mapnr & 7:  # bits past max_mapnr stay clear
-                raw = raw.copy()
-                raw[-1] &= (1 << (self.max_mapnr & 7)) - 1
+        used = (self.max_mapnr + 7) >> 3
+        for i in (0, 1):
             off = lay.bitmap1_offset + i * nbytes
-            for s in range(0, len(raw), 1 << 22):
-                sink.pwrite(off + s, raw[s:s + (1 << 22)].tobytes())
-            if len(raw) < nbytes:
-                pad = nbytes - len(raw)
+            if self._bitmaps[i] is not None:
+                self._put_bits(off, 0, self._bitmaps[i][:used])
+            if used < nbytes:
+                pad = nbytes - used
                 for s in range(0, pad, 1 << 22):
-                    sink.pwrite(off + len(raw) + s, bytes(min(1 << 22, pad - s)))
+                    sink.pwrite(off + used + s, bytes(min(1 << 22, pad - s)))
         if self._share_zero:
             self.zero_offset = self.data_cursor
             sink.pwrite(self.data_cursor, bytes(bs))
             self.data_cursor += bs
+
+    def write_bitmaps(self, start_pfn: int, bitmap1: np.ndarray, bitmap2: np.ndarray) -> None:
+        """One cycle's part of both bitmaps (bit 0 = ``start_pfn``, a multiple of 8)."""
+        if start_pfn & 7:
+            raise ValueError(f"bitmap part must start on a byte: PFN {start_pfn}")
+        lay = self.layout
+        self._put_bits(lay.bitmap1_offset, start_pfn >> 3, bitmap1)
+        self._put_bits(lay.bitmap2_offset, start_pfn >> 3, bitmap2)
+
+    def _put_bits(self, offset: int, first_byte: int, bits: np.ndarray) -> None:
+        """Write bitmap bytes from ``first_byte`` on; bits past max_mapnr stay clear."""
+        used = (self.max_mapnr + 7) >> 3
+        raw = np.asarray(bits[:max(0, used - first_byte)], dtype=np.uint8)
+        if self.max_mapnr & 7 and first_byte + len(raw) == used and len(raw):
+            raw = raw.copy()
+            raw[-1] &= (1 << (self.max_mapnr & 7)) - 1
+        for s in range(0, len(raw), 1 << 22):
+            self.sink.pwrite(offset + first_byte + s, raw[s:s + (1 << 22)].tobytes())
 
     def write_batch(self, sizes: np.ndarray, flags: np.ndarray, zero: np.ndarray, data: bytes | memoryview) -> None:
         """Descriptors and data of the next ``len(sizes)`` dumpable pages, in PFN order.
