@@ -559,40 +559,6 @@ class KdumpWriter:
         for s in range(0, len(raw), 1 << 22):
             self.sink.pwrite(offset + first_byte + s, raw[s:s + (1 << 22)].tobytes())
 
-    def write_batch(self, sizes: np.ndarray, flags: np.ndarray, zero: np.ndarray, data: bytes | memoryview) -> None:
-        """Descriptors and data of the next ``len(sizes)`` dumpable pages, in PFN order.
-
-        ``zero[i]`` pages point at the shared zero page and have no bytes in ``data``;
-        the other pages' stored forms are concatenated in ``data``.
-        """
-        n = len(sizes)
-        descs = np.zeros(n, dtype=self.arch.desc_dtype)
-        stored = ~zero
-        ssz = np.where(stored, sizes, 0).astype(np.int64)
-        offs = self.data_cursor + np.cumsum(ssz) - ssz
-        if zero.any():
-            offs = np.where(zero, self.zero_offset if self.zero_offset is not None else 0, offs)
-        descs["offset"] = offs
-        descs["size"] = np.where(zero, self.page_size, sizes)
-        descs["flags"] = np.where(zero, 0, flags)
-        desc_at = self.layout.desc_offset + 24 * self.next_rank
-        self.sink.pwrite(desc_at, descs.tobytes())
-        if len(data):
-            try:
-                self.sink.pwrite(self.data_cursor, data)
-            except OSError:
-                # As makedumpfile does: descriptors whose data did not land become zeros
-                # (offset 0 = page lost), so readers see lost pages, not pointers past EOF.
-                # Overwriting blocks already written needs no new space.
-                if getattr(self.sink, "seekable", False):
-                    try:
-                        self.sink.pwrite(desc_at, bytes(24 * n))
-                    except OSError:
-                        pass
-                raise
-        self.data_cursor += int(ssz.sum())
-        self.next_rank += n
-
     def write_stored(self, count: int, zero: np.ndarray | None, sizes: np.ndarray,
                      flags: np.ndarray, parts: list) -> None:
         """Descriptors and data of the next ``count`` dumpable pages, in PFN order.
