@@ -28,10 +28,10 @@ import sys
 
 import pytest
 
-from kdumpy.lab.qemu import parse_size
-from kdumpy.lab.run import project_src
-from kdumpy.lab.verify import compare_dump, dmesg_with_makedumpfile
-from kdumpy.lab.vmcore import RawVmcore
+from lab.qemu import parse_size
+from lab.run import project_src
+from lab.verify import compare_dump, dmesg_with_makedumpfile
+from lab.vmcore import RawVmcore
 
 pytestmark = pytest.mark.lab
 
@@ -180,7 +180,7 @@ def test_lab_covers_6_1_and_6_12():
     """Unless pinned, the lab resolves one Debian 12 6.1 and one 6.12 kernel."""
     if os.environ.get("KDUMPY_LAB_KERNELS"):
         pytest.skip("kernels pinned by KDUMPY_LAB_KERNELS")
-    from kdumpy.lab.kernels import SERIES, default_releases
+    from lab.kernels import SERIES, default_releases
 
     releases = default_releases()
     assert [r for r in releases if SERIES["6.1"].release_re.fullmatch(r)], releases

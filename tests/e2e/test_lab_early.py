@@ -2,7 +2,7 @@
 system is mounted, is captured because kdumpy's initramfs hook loaded the capture kernel.
 
 The first kernel boots the image a real generator builds from the hook files ``kdumpy
-install --initramfs`` writes (:mod:`kdumpy.lab.early`), with ``rd.earlykdump``:
+install --initramfs`` writes (:mod:`lab.early`), with ``rd.earlykdump``:
 
 * initramfs-tools (``lab_early_crash``): its /init runs kdumpy's init-top script
   (``kexec -s -p``), then loads ``/conf/modules``, whose module WARN()s; with
@@ -30,8 +30,8 @@ import pytest
 from pages import assert_pages_equal
 
 from kdumpy.analysis import format_dmesg, read_kernel_log
-from kdumpy.lab.early import GENERATORS, LOADED_LINE
-from kdumpy.lab.warn_module import WARN_TEXT
+from lab.early import GENERATORS, LOADED_LINE
+from lab.warn_module import WARN_TEXT
 from kdumpy.memory import open_dump
 from kdumpy.setup import early
 

@@ -11,7 +11,7 @@ Facts relied on:
 * panic() prints "Kernel panic - not syncing: <message>" into the printk ring buffer before
   crash_kexec(), so the dump's kernel log ends with it.
 
-A WARN() with ``panic_on_warn`` comes from a one-line module (:mod:`kdumpy.lab.warn_module`):
+A WARN() with ``panic_on_warn`` comes from a one-line module (:mod:`lab.warn_module`):
 the Debian 6.1 kernel has no module-free way to provoke a WARN from userspace (no
 CONFIG_FAULT_INJECTION, CONFIG_FUNCTION_ERROR_INJECTION or CONFIG_LKDTM).
 """
@@ -19,7 +19,7 @@ CONFIG_FAULT_INJECTION, CONFIG_FUNCTION_ERROR_INJECTION or CONFIG_LKDTM).
 from __future__ import annotations
 
 from kdumpy.analysis import format_dmesg, read_kernel_log
-from kdumpy.lab.run import TRIGGERS
+from lab.run import TRIGGERS
 from kdumpy.memory import open_dump
 from kdumpy.setup.triggers import BOOT_ONLY
 
@@ -63,7 +63,7 @@ def test_service_captured_the_taint_panic(lab_taint_crash):
 def test_warn_with_panic_on_warn_is_captured(lab_warn_crash):
     """A WARN() (from lab.warn_module's module) with panic_on_warn=1, set through the
     [triggers] config by kdumpy load, panics the kernel and the capture service saves it."""
-    from kdumpy.lab.warn_module import WARN_TEXT
+    from lab.warn_module import WARN_TEXT
 
     assert lab_warn_crash.meta["triggers_read_back"].get("panic_on_warn") == "1"
     with open_dump(lab_warn_crash.raw_vmcore) as mem:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from kdumpy.lab import cpio, guest_init, kernels, modules, qemu, run, serial, verify
-from kdumpy.lab.vmcore import RawVmcore
+from lab import cpio, guest_init, kernels, modules, qemu, run, serial, verify
+from lab.vmcore import RawVmcore
 
 
 # ----------------------------------------------------------------------------- cpio

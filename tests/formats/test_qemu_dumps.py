@@ -17,7 +17,7 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture(scope="module")
 def qemu_dumps(lab_release):
-    from kdumpy.lab.guest_dump import ensure_guest_dumps
+    from lab.guest_dump import ensure_guest_dumps
     return ensure_guest_dumps(lab_release)
 
 

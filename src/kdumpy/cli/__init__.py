@@ -1,8 +1,7 @@
 """kdumpy's command line: argument parsing, progress and exit codes; no logic of its own.
 
 Each module registers one group of subcommands: :mod:`.dump_commands` (save, info, convert),
-:mod:`.analysis_commands` (dmesg, report), :mod:`.setup_commands` (status, load, ...),
-:mod:`.lab_commands` (the QEMU crash lab).
+:mod:`.analysis_commands` (dmesg, report), :mod:`.setup_commands` (status, load, ...).
 
 Exit status: 0 success, 1 a reported error (one line on stderr, no traceback), 2 bad usage
 (argparse); commands may define others (``status``: 3 when kdump is not operational).
@@ -23,7 +22,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from kdumpy import __version__  # noqa: E402
 from kdumpy.errors import KdumpyError  # noqa: E402
 
-COMMAND_MODULES = ("dump_commands", "analysis_commands", "setup_commands", "lab_commands")
+COMMAND_MODULES = ("dump_commands", "analysis_commands", "setup_commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ Facts relied on (Debian 12 "bookworm" archive, checked with apt-cache):
 * ``apt-get download PKG=VERSION`` writes ``PKG_VERSION_amd64.deb`` (``:`` in the version
   escaped as ``%3a``) to the current directory; ``dpkg-deb -x`` unpacks it without installing.
 * The package holds ``boot/vmlinuz-R``, ``boot/System.map-R``, ``boot/config-R`` and
-  ``lib/modules/R`` (no modules.dep; see :mod:`kdumpy.lab.modules`).
+  ``lib/modules/R`` (no modules.dep; see :mod:`lab.modules`).
 
 Pinning: ``KDUMPY_LAB_KERNELS="6.1.0-56-amd64 6.12.117+deb12-amd64"`` (or the ``--kernel``
 option) replaces resolution; entries may also be a series name (``6.1``, ``6.12``).

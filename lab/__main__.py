@@ -1,4 +1,4 @@
-"""``python -m kdumpy.lab``: the same as ``kdumpy lab``."""
+"""``python -m lab``: the QEMU crash lab (``scripts/demo`` runs ``python -m lab run``)."""
 
 import sys
 

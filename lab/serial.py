@@ -6,7 +6,7 @@ Facts relied on:
   console and the ``/init`` script both write lines ending in ``\\r\\n``.
 * Kernel messages can land in the middle of a user-space line on a shared console, so events
   are recognised anywhere in a line (``KDUMPY-LAB `` prefix) rather than only at its start,
-  and the guest quiets the console loglevel while it works (see :mod:`kdumpy.lab.guest_init`).
+  and the guest quiets the console loglevel while it works (see :mod:`lab.guest_init`).
 * Each kernel prints ``Linux version <release> ...`` once early at boot; the first and the
   capture kernel therefore give two such lines per run.
 """

@@ -1,6 +1,6 @@
 """Check a dump against the raw /proc/vmcore copy of the same crash, page for page.
 
-The raw copy is read by the lab's own ELF reader (:mod:`kdumpy.lab.vmcore`), the dump under
+The raw copy is read by the lab's own ELF reader (:mod:`lab.vmcore`), the dump under
 test through kdumpy's :func:`kdumpy.memory.open_dump`, so the comparison does not trust the
 reader it checks against itself.
 

@@ -11,7 +11,7 @@ Layout (root is ``$KDUMPY_LAB_CACHE`` or ``~/.cache/kdumpy/lab``)::
         initramfs.json                what went into it and its digest
         crash-<crashkernel>/          one crash run (meta.json written last = complete)
 
-Nothing here is needed in git; every file can be rebuilt by ``kdumpy lab run``.
+Nothing here is needed in git; every file can be rebuilt by ``python -m lab run``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Facts relied on:
   (``CONFIG_RD_GZIP=y``).
 
 The same image serves the first and the capture kernel of one release; everything that varies
-per run comes from the run directory's ``lab-config.sh`` (see :mod:`kdumpy.lab.guest_init`).
+per run comes from the run directory's ``lab-config.sh`` (see :mod:`lab.guest_init`).
 """
 
 from __future__ import annotations

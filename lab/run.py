@@ -182,27 +182,24 @@ def timeout(name: str) -> float:
 
 
 def project_src() -> Path:
-    """The directory that holds the ``kdumpy`` package (``src/`` in a checkout)."""
-    return Path(__file__).resolve().parents[2]
+    """The directory that holds the ``kdumpy`` package (``src/`` of the checkout this lab is in)."""
+    return Path(__file__).resolve().parents[1] / "src"
 
 
 #: Parts of kdumpy that ``kdumpy save`` never imports: editing them keeps cached runs valid.
-NOT_IN_SAVE = {("lab",), ("setup",), ("cli", "setup_commands.py"), ("cli", "analysis_commands.py"),
-               ("cli", "lab_commands.py"), ("analysis", "report.py"), ("analysis", "kallsyms.py")}
+NOT_IN_SAVE = {("setup",), ("cli", "setup_commands.py"), ("cli", "analysis_commands.py"),
+               ("analysis", "report.py"), ("analysis", "kallsyms.py")}
 
 
 def kdumpy_digest(whole: bool = False) -> str:
     """sha256 over kdumpy's Python sources that ``save`` runs (all but :data:`NOT_IN_SAVE`),
-    or, with ``whole``, over all but the lab (runs where ``kdumpy load`` or ``kdumpy capture``
+    or, with ``whole``, over all of them (runs where ``kdumpy load`` or ``kdumpy capture``
     run in the guest, which import the setup side too)."""
     pkg = project_src() / "kdumpy"
     digest = hashlib.sha256()
     for path in sorted(pkg.rglob("*.py")):
         rel = path.relative_to(pkg)
-        if whole:
-            if rel.parts[:1] == ("lab",):
-                continue
-        elif rel.parts[:1] in NOT_IN_SAVE or rel.parts[:2] in NOT_IN_SAVE:
+        if not whole and (rel.parts[:1] in NOT_IN_SAVE or rel.parts[:2] in NOT_IN_SAVE):
             continue
         digest.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()

@@ -1,4 +1,4 @@
-"""Command line of the lab: ``kdumpy lab {run,kernels,show,verify,clean}``.
+"""Command line of the lab: ``python -m lab {run,kernels,show,verify,clean}``.
 
 ``run`` is the demo: it needs no installation beyond the Debian packages (qemu-system-x86,
 busybox-static, kexec-tools, makedumpfile, kmod) and prints each phase's timing.
@@ -199,7 +199,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kdumpy lab", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="boot, crash, capture (cached) and print a summary")
     run.add_argument("--kernel", action="append",
