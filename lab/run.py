@@ -379,8 +379,31 @@ def ensure_run(spec: str, options: RunOptions | None = None, *, fresh: bool = Fa
                 log(f"lab: reusing {directory}")
                 return done
         preflight_save(options)
-        return _execute(kernel, initramfs, options, accel, accel_reason, recipe, key, digest,
-                        directory, log, early)
+        for attempt in range(1, BOOT_ATTEMPTS + 1):
+            try:
+                return _execute(kernel, initramfs, options, accel, accel_reason, recipe, key,
+                                digest, directory, log, early)
+            except LabError as exc:
+                if attempt == BOOT_ATTEMPTS or not died_booting(str(exc)):
+                    raise
+                log(f"lab: the first kernel died while booting (attempt {attempt} of "
+                    f"{BOOT_ATTEMPTS}); booting again")
+        raise AssertionError("unreachable")
+
+
+#: How often a run is started when the first kernel dies before reaching /init.
+BOOT_ATTEMPTS = 2
+
+
+def died_booting(message: str) -> bool:
+    """Whether a failed run's first kernel oopsed before /init ran.
+
+    Multi-threaded TCG occasionally lets a vCPU execute a kernel text byte while another vCPU
+    is live-patching it (``text_poke_bp``'s int3 phase), seen here as ``Oops: int3`` in
+    ``sched_clock_cpu`` during 6.12's early initcalls. Such a boot says nothing about kdumpy,
+    so the lab boots once more; any other failure is reported at once."""
+    return "while waiting for first kernel /init" in message and (
+        "Oops:" in message or "Kernel panic" in message)
 
 
 class _Watch:
