@@ -23,7 +23,8 @@ import numpy as np
 
 from kdumpy.errors import KdumpyError
 from kdumpy.formats import bitmap as bm
-from kdumpy.memory import START_KERNEL_MAP, DumpMemory, ElfMemory
+from kdumpy.dump import Dump
+from kdumpy.kernel import KernelView, kernel_view
 from kdumpy.capture.page_classes import CLASS_NAMES, KEEP, MissingKeyError, PageRules
 
 SECTION_MARKED_PRESENT = 1
@@ -44,7 +45,8 @@ class FilterResult:
 class MemSections:
     """``struct page`` addresses per memory section, from VMCOREINFO's mem_section keys."""
 
-    def __init__(self, mem: DumpMemory) -> None:
+    def __init__(self, mem: Dump | KernelView) -> None:
+        mem = kernel_view(mem)
         vi = mem.vmcoreinfo
         if vi is None:
             raise MissingKeyError(f"{mem.path}: no VMCOREINFO: dump levels above 1 need it")
@@ -100,21 +102,7 @@ class MemSections:
         return (coded + (nr << self.pfn_shift) * self.size_page) & 0xFFFFFFFFFFFFFFFF
 
 
-def kernel_image_ranges(mem: DumpMemory) -> list[tuple[int, int]]:
-    """PFN ranges of the kernel image PT_LOAD (``[_text, _end)`` in ``/proc/vmcore``).
-
-    The range also holds memory the kernel hands back after boot (freed ``__init``
-    sections, the unused end of ``.brk``), which is ordinary page cache or free memory
-    later; only its ``PG_reserved`` pages are the image itself.
-    """
-    if not isinstance(mem, ElfMemory):
-        return []
-    ps = mem.page_size
-    return [(pa // ps, -(-(pa + msz) // ps)) for pa, msz, _f, _o, va in mem.segments
-            if va >= START_KERNEL_MAP]
-
-
-def _reserved_bit_checked(mem: DumpMemory, sections: "MemSections", rules: PageRules) -> bool:
+def _reserved_bit_checked(mem: KernelView, sections: "MemSections", rules: PageRules) -> bool:
     """Is ``PG_reserved`` (derived, not exported) set on the page holding ``_stext``?"""
     vi = mem.vmcoreinfo
     stext = vi.symbol("_stext") if vi is not None else None
@@ -132,7 +120,7 @@ def _reserved_bit_checked(mem: DumpMemory, sections: "MemSections", rules: PageR
     return bool(flags & rules.pg_reserved)
 
 
-def check_filter_keys(mem: DumpMemory, level: int, *, allow_partial: bool = False) -> None:
+def check_filter_keys(mem: Dump, level: int, *, allow_partial: bool = False) -> None:
     """Raise :class:`MissingKeyError` now if ``level`` cannot be honoured (before anything
     is written), unless ``allow_partial`` lets the level be skipped."""
     if not level & ~1:
@@ -149,7 +137,7 @@ def check_filter_keys(mem: DumpMemory, level: int, *, allow_partial: bool = Fals
             raise
 
 
-def filter_pages(mem: DumpMemory, level: int, *, allow_partial: bool = False,
+def filter_pages(mem: Dump, level: int, *, allow_partial: bool = False,
                  protect_kernel_image: bool = True) -> FilterResult:
     """Bitmap 2 of ``mem`` with the page classes of ``level`` (bits 2, 4, 8, 16) removed,
     as one array (one bit per PFN); :class:`PageFilter` gives it cycle by cycle.
@@ -173,7 +161,7 @@ class PageFilter:
     the memory section size (:attr:`cycle_unit`).
     """
 
-    def __init__(self, mem: DumpMemory, level: int, *, allow_partial: bool = False,
+    def __init__(self, mem: Dump, level: int, *, allow_partial: bool = False,
                  protect_kernel_image: bool = True) -> None:
         self.mem = mem
         self.level = level
@@ -204,8 +192,11 @@ class PageFilter:
             self.notes.append(f"dump levels above 1 skipped: {exc}")
             return
         self.rules, self.sections = rules, sections
-        image = kernel_image_ranges(mem) if protect_kernel_image else []
-        if image and not _reserved_bit_checked(mem, sections, rules):
+        # The kernel image's range also holds memory the kernel hands back after boot
+        # (freed __init sections, the unused end of .brk); only its PG_reserved pages are
+        # the image itself.
+        image = mem.kernel_image_ranges() if protect_kernel_image else []
+        if image and not _reserved_bit_checked(sections.mem, sections, rules):
             self.notes.append("PG_reserved could not be confirmed on the kernel image; "
                               "its pages are not specially protected")
             image = []
@@ -248,7 +239,7 @@ class PageFilter:
             if base is None:
                 continue
             try:
-                raw = mem.read_virt(base, n * sections.size_page)
+                raw = sections.mem.read_virt(base, n * sections.size_page)
             except KdumpyError as exc:
                 raise KdumpyError(f"{mem.path}: struct page array of PFNs {pfn0:#x}-"
                                   f"{pfn0 + n - 1:#x} cannot be read ({exc})") from None
