@@ -18,6 +18,7 @@ range ``[start_pfn_64, end_pfn_64)``; each file reserves descriptor slots for th
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -374,12 +375,15 @@ class KdumpFile:
 
     # -- reading ---------------------------------------------------------------------------
     def _read_bytes(self, offset: int, count: int, what: str) -> np.ndarray:
-        out = np.zeros(count, dtype=np.uint8)
         pread_into = getattr(self.src, "pread_into", None)
-        if pread_into is not None:          # a flattened image: only the records present
-            pread_into(offset, out)
-        else:
-            out[:] = np.frombuffer(read_exact(self.src, offset, count, what), dtype=np.uint8)
+        if pread_into is None:
+            return np.frombuffer(read_exact(self.src, offset, count, what), dtype=np.uint8)
+        # A flattened image fills in only the records present. Anonymous memory that is
+        # never written costs nothing (numpy's own large arrays are advised to use huge
+        # pages, so each record written would cost 2 MiB).
+        anon = mmap.mmap(-1, max(count, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        out = np.frombuffer(anon, dtype=np.uint8, count=count)
+        pread_into(offset, out)
         return out
 
     def desc_range(self, lo: int, hi: int) -> np.ndarray:
@@ -661,7 +665,10 @@ class KdumpWriter:
             off = lay.bitmap1_offset + i * nbytes
             if self._bitmaps[i] is not None:
                 self._put_bits(off, 0, self._bitmaps[i][:used])
-            if used < nbytes:
+            if used < nbytes and getattr(sink, "seekable", False):
+                # a new file reads zeros where nothing was written: one byte sets its size
+                sink.pwrite(off + nbytes - 1, b"\0")
+            elif used < nbytes:
                 pad = nbytes - used
                 for s in range(0, pad, 1 << 22):
                     sink.pwrite(off + used + s, bytes(min(1 << 22, pad - s)))
@@ -685,8 +692,12 @@ class KdumpWriter:
         if self.max_mapnr & 7 and first_byte + len(raw) == used and len(raw):
             raw = raw.copy()
             raw[-1] &= (1 << (self.max_mapnr & 7)) - 1
+        sparse = getattr(self.sink, "seekable", False)
         for s in range(0, len(raw), 1 << 22):
-            self.sink.pwrite(offset + first_byte + s, raw[s:s + (1 << 22)].tobytes())
+            part = raw[s:s + (1 << 22)]
+            if sparse and not part.any() and first_byte + s + len(part) < self.layout.bitmap_len:
+                continue      # left a hole in the new file: no gigabytes of zeros on disk
+            self.sink.pwrite(offset + first_byte + s, part.tobytes())
 
     def write_stored(self, count: int, zero: np.ndarray | None, sizes: np.ndarray,
                      flags: np.ndarray, parts: list) -> None:
