@@ -542,7 +542,7 @@ class ElfDump(Dump):
         ps = self.page_size
         out = np.zeros(count * ps, dtype=np.uint8)
         lo, hi = start * ps, (start + count) * ps
-        view = memoryview(out)
+        view = out.data
         for pa, _mem, fsz, off, _va in self.load_segments or ():
             a, b = max(lo, pa), min(hi, pa + fsz)
             if a >= b:

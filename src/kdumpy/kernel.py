@@ -93,7 +93,7 @@ class KernelView:
         for pa, mem, _f, _o, va in self.dump.load_segments or ():
             if va and va <= vaddr < va + mem and va >= arch.START_KERNEL_MAP:
                 return pa + (vaddr - va)
-        return arch.kernel_image_to_phys(vaddr, self.dump.phys_base)  # type: ignore[no-any-return]
+        return arch.kernel_image_to_phys(vaddr, self.dump.phys_base)
 
     def page_tables(self) -> Any:
         """The crashed kernel's page tables (built on first use)."""
@@ -103,7 +103,7 @@ class KernelView:
 
     def virt_to_phys(self, vaddr: int) -> int:
         """Physical address of kernel virtual address ``vaddr`` (page-table walk)."""
-        return self.page_tables().translate(vaddr)  # type: ignore[no-any-return]
+        return self.page_tables().translate(vaddr)
 
     def read_virt(self, vaddr: int, size: int) -> bytes:
         """``size`` bytes at kernel virtual address ``vaddr``, through the page tables

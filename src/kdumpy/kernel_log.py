@@ -76,9 +76,14 @@ MAX_COUNT_BITS = 27
 class KernelMemory(Protocol):
     """What the decoder needs from a dump (:class:`kdumpy.KernelView` provides it)."""
 
-    vmcoreinfo: VmcoreInfo | None
-    byteorder: str
-    machine: str
+    @property
+    def vmcoreinfo(self) -> VmcoreInfo | None: ...
+
+    @property
+    def byteorder(self) -> str: ...
+
+    @property
+    def machine(self) -> str: ...
 
     def read_virt(self, vaddr: int, size: int) -> bytes: ...
 
@@ -347,7 +352,7 @@ def _read_lockless(rd: _Reader, log: KernelLog, since_clear: bool) -> None:
     else:
         flags, level = flagbyte >> 3, flagbyte & 0x7
     callers = inf["caller"] if log.has_caller else None
-    ctx_fields = [k for k in ("SUBSYSTEM", "DEVICE") if k in info_t.names]
+    ctx_fields: list[str] = [k for k in ("SUBSYSTEM", "DEVICE") if k in (info_t.names or ())]
 
     clear_seq = _clear_seq(rd) if since_clear else None
     for i in range(len(idx)):

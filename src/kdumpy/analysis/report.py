@@ -35,7 +35,7 @@ import os
 import re
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from kdumpy.kallsyms import Kallsyms, read_kallsyms
 from kdumpy.kernel_log import KernelLog, LogRecord, format_record, read_kernel_log
@@ -226,8 +226,8 @@ def _safe(fn, *args):
         return None
 
 
-def _byteorder(mem: Any) -> str:
-    return mem.byteorder  # type: ignore[no-any-return]
+def _byteorder(mem: Any) -> Literal["little", "big"]:
+    return "big" if mem.byteorder == "big" else "little"
 
 
 def _iso(epoch: float) -> str:
@@ -400,7 +400,7 @@ def _stack_scan(mem: Any, ks: Kallsyms | None, crashing: dict[str, Any] | None,
         return None
     sp = int(crashing["registers"]["rsp"], 16)
     top = (sp & ~(THREAD_SIZE - 1)) + THREAD_SIZE
-    frames = []
+    frames: list[dict[str, Any]] = []
     pos = sp
     while pos < top and len(frames) < limit:
         n = min(top - pos, 4096 - (pos & 0xFFF))

@@ -165,7 +165,7 @@ class PageRules:
         n = self.vi.number("PG_private")
         return None if n is None else 1 << (n - 1)
 
-    def classify(self, raw: np.ndarray, pfn0: int, decide: np.ndarray,
+    def classify(self, raw: bytes | np.ndarray, pfn0: int, decide: np.ndarray,
                  protect: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[str], int]:
         """Class and page count of every page of one section.
 

@@ -20,7 +20,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -212,15 +212,19 @@ def _encode_job(mem: Dump, job: tuple[tuple[int, int], ...], codec: Codec,
     return _Encoded(total, zero, sizes, flags, parts)
 
 
-def _ordered(pool: ThreadPoolExecutor | None, jobs: Iterator[tuple[int, int]], fn: Callable,
-             window: int) -> Iterator[tuple[tuple[int, int], object]]:
+_Job = TypeVar("_Job", bound=tuple[Any, ...])
+_R = TypeVar("_R")
+
+
+def _ordered(pool: ThreadPoolExecutor | None, jobs: Iterator[_Job], fn: Callable[..., _R],
+             window: int) -> Iterator[tuple[_Job, _R]]:
     """Run ``fn(start, count)`` on the pool, yielding results in submission order
     (inline, without a pool, when there is a single thread)."""
     if pool is None:
         for job in jobs:
             yield job, fn(*job)
         return
-    pending: deque[tuple[tuple[int, int], Future]] = deque()
+    pending: deque[tuple[_Job, Future[_R]]] = deque()
     for job in jobs:
         pending.append((job, pool.submit(fn, *job)))
         if len(pending) >= window:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass, field, replace
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, cast
 
 import numpy as np
 
@@ -175,13 +175,13 @@ class ElfCore:
     """
 
     def __init__(self, src: Source | BinaryIO, *, path: str | None = None) -> None:
-        if isinstance(src, io.IOBase):
-            src = StreamSource(src, path)
-        self.src = src
-        path = self.path = src.path
-        size = self.file_size = src.size
+        source = StreamSource(cast(BinaryIO, src), path) if isinstance(src, io.IOBase) else \
+            cast(Source, src)
+        self.src = source
+        path = self.path = source.path
+        size = self.file_size = source.size
         self.corrections: list[str] = []
-        self.header = h = ElfHeader.parse(src.pread(0, 64), path=path)
+        self.header = h = ElfHeader.parse(source.pread(0, 64), path=path)
         ec = h.elfclass
         if h.e_type != ET_CORE:
             raise DumpFormatError(path, "ELF header", 16, f"e_type {h.e_type} is not ET_CORE (4)")
@@ -197,10 +197,10 @@ class ElfCore:
                 self.truncated_loads[i] = min(missing, int(ph["p_filesz"]))
         self.notes: list[Note] = []
         self.note_segments: list[tuple[int, bytes]] = []
-        for i in np.nonzero(self.phdrs["p_type"] == PT_NOTE)[0]:
-            ph = self.phdrs[int(i)]
+        for i in np.nonzero(self.phdrs["p_type"] == PT_NOTE)[0].tolist():
+            ph = self.phdrs[i]
             off, sz = int(ph["p_offset"]), int(ph["p_filesz"])
-            raw = read_exact(src, off, sz, f"program header {int(i)} (PT_NOTE) data")
+            raw = read_exact(source, off, sz, f"program header {int(i)} (PT_NOTE) data")
             self.note_segments.append((off, raw))
             self.notes.extend(parse_notes(raw, byteorder=ec.byteorder, path=path, base_offset=off))
         self.loads = self.phdrs[self.phdrs["p_type"] == PT_LOAD]

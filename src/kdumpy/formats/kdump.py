@@ -663,8 +663,9 @@ class KdumpWriter:
         used = (self.max_mapnr + 7) >> 3
         for i in (0, 1):
             off = lay.bitmap1_offset + i * nbytes
-            if self._bitmaps[i] is not None:
-                self._put_bits(off, 0, self._bitmaps[i][:used])
+            whole = self._bitmaps[i]
+            if whole is not None:
+                self._put_bits(off, 0, whole[:used])
             if used < nbytes and getattr(sink, "seekable", False):
                 # a new file reads zeros where nothing was written: one byte sets its size
                 sink.pwrite(off + nbytes - 1, b"\0")
@@ -724,7 +725,7 @@ class KdumpWriter:
             descs["size"][keep] = sizes
             descs["flags"][keep] = flags
         desc_at = self.layout.desc_offset + 24 * self.next_rank
-        self.sink.pwrite(desc_at, memoryview(descs).cast("B"))
+        self.sink.pwrite(desc_at, descs.data.cast("B"))
         if stored:
             try:
                 self.sink.pwritev(self.data_cursor, parts)

@@ -27,10 +27,15 @@ __all__ = ["Source", "FileSource", "BytesSource", "StreamSource", "read_exact"]
 class Source(Protocol):
     """Random access to the bytes of one dump file."""
 
-    #: the file's name in messages (``None`` for an anonymous buffer)
-    path: str | None
-    #: bytes in the file when it was opened
-    size: int
+    @property
+    def path(self) -> str | None:
+        """The file's name in messages (``None`` for an anonymous buffer)."""
+        ...
+
+    @property
+    def size(self) -> int:
+        """Bytes in the file when it was opened."""
+        ...
 
     def pread(self, offset: int, size: int) -> bytes:
         """``size`` bytes at ``offset``; fewer when the file ends before."""
