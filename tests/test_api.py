@@ -80,3 +80,20 @@ def test_wheel_holds_no_lab(tmp_path):
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert f"Version: {kdumpy.__version__}" in meta
     assert "Provides-Extra: drgn" in meta
+
+
+def test_struct_pages_of_the_kernel_image_are_reserved(lab_crash):
+    """The kernel image's pages are PG_reserved (mm/memblock.c reserves the image before
+    the buddy allocator sees it): read through KernelView.struct_pages."""
+    from kdumpy.capture.page_classes import PageRules
+    with kdumpy.open_dump(lab_crash.raw_vmcore) as dump:
+        kv = kdumpy.KernelView(dump)
+        rules = PageRules(dump.vmcoreinfo, dump.page_size, 31)
+        assert rules.pg_reserved
+        pfn = kv.kernel_image_to_phys(dump.vmcoreinfo.symbol("_stext")) // dump.page_size
+        raw = kv.struct_pages(pfn, 4)
+        size = kv.mem_sections().size_page
+        assert len(raw) == 4 * size
+        for i in range(4):
+            flags = int.from_bytes(raw[i * size + rules.off_flags:][:8], "little")
+            assert flags & rules.pg_reserved

@@ -151,6 +151,8 @@ class Dump(ABC):
     #: ``(p_paddr, p_memsz, p_filesz, p_offset, p_vaddr)`` of an ELF dump's PT_LOADs
     #: (p_filesz as much as landed), None for kdump-compressed
     load_segments: list[tuple[int, int, int, int, int]] | None = None
+    #: a flattened stream that ends without its end marker (its writer never finished)
+    stream_cut: bool = False
 
     def __init__(self, sources: Sequence[Source]) -> None:
         self._sources = list(sources)
@@ -474,7 +476,7 @@ class ElfDump(Dump):
 
     @property
     def incomplete(self) -> bool:
-        return self.core.incomplete
+        return self.core.incomplete or self.stream_cut
 
     def lost_pages(self) -> int:
         """Pages of PT_LOAD data past the end of a file cut short (whole pages that are
@@ -638,7 +640,7 @@ class KdumpDump(Dump):
 
     @property
     def incomplete(self) -> bool:
-        return any(f.incomplete for f in self.files)
+        return any(f.incomplete for f in self.files) or self.stream_cut
 
     @property
     def truncated(self) -> bool:
@@ -780,13 +782,17 @@ def open_dump(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
                 raise DumpFormatError(opened[1][0], "file header", 0,
                                       "only kdump-compressed files form split sets")
             _p, src, container = opened[0]
-            return ElfDump(src, container=container)
-        if any(k != "kdump" for k in kinds):
-            raise DumpFormatError(plist[kinds.index("elf")], "file header", 0,
-                                  "a split set must be all kdump-compressed files")
-        files = [KdumpFile(src, path=p) for p, src, _ in opened]
-        return KdumpDump(files, path=plist[0], container=opened[0][2],
-                         sources=[s for _p, s, _c in opened])
+            dump: Dump = ElfDump(src, container=container)
+        else:
+            if any(k != "kdump" for k in kinds):
+                raise DumpFormatError(plist[kinds.index("elf")], "file header", 0,
+                                      "a split set must be all kdump-compressed files")
+            files = [KdumpFile(src, path=p) for p, src, _ in opened]
+            dump = KdumpDump(files, path=plist[0], container=opened[0][2],
+                             sources=[s for _p, s, _c in opened])
+        dump.stream_cut = any(isinstance(s, FlattenedImage) and s.truncated
+                              for _p, s, _c in opened)
+        return dump
     except BaseException:
         for _p, src, _c in reversed(opened):
             close = getattr(src, "close", None)

@@ -9,6 +9,8 @@ the printk log. Reads are strict: memory the dump does not hold raises
 
 from __future__ import annotations
 
+import struct
+
 from types import ModuleType
 from typing import Any
 
@@ -20,9 +22,17 @@ from kdumpy.formats.vmcoreinfo import VmcoreInfo
 from kdumpy.kallsyms import Kallsyms, read_kallsyms
 from kdumpy.kernel_log import KernelLog, read_kernel_log
 
-__all__ = ["KernelView"]
+__all__ = ["KernelView", "MemSections", "MissingKeyError"]
 
 UTS_FIELDS = ("sysname", "nodename", "release", "version", "machine", "domainname")
+
+#: ``section_mem_map`` flag bits (``include/linux/mmzone.h``)
+SECTION_MARKED_PRESENT = 1
+SECTION_HAS_MEM_MAP = 2
+
+
+class MissingKeyError(KdumpyError):
+    """A dump level needs a VMCOREINFO key the crashed kernel did not export."""
 
 
 class KernelView:
@@ -34,6 +44,7 @@ class KernelView:
         self._page_tables: Any = None
         self._kallsyms: Kallsyms | None = None
         self._kallsyms_error: KdumpyError | None = None
+        self._sections: MemSections | None = None
 
     # -- the dump's facts, as analysis needs them --------------------------------------------
     @property
@@ -193,6 +204,27 @@ class KernelView:
                 return dict(zip(UTS_FIELDS, (f.decode("latin-1") for f in fields)))
         return None
 
+    # -- struct page ----------------------------------------------------------------------------
+    def mem_sections(self) -> "MemSections":
+        """Where each memory section's ``struct page`` array is (built on first use);
+        :class:`MissingKeyError` when VMCOREINFO lacks the keys."""
+        if self._sections is None:
+            self._sections = MemSections(self)
+        return self._sections
+
+    def struct_pages(self, pfn: int, count: int) -> bytes | None:
+        """The ``struct page`` entries of PFNs ``[pfn, pfn+count)`` (one memory section at
+        most: ``SIZE(page)`` bytes each), or None when the section has no ``mem_map``."""
+        sections = self.mem_sections()
+        nr = pfn // sections.pages_per_section
+        if (pfn + count - 1) // sections.pages_per_section != nr:
+            raise ValueError(f"PFNs {pfn:#x}+{count} cross a memory section")
+        base = sections.mem_map(nr)
+        if base is None:
+            return None
+        off = (pfn % sections.pages_per_section) * sections.size_page
+        return self.read_virt(base + off, count * sections.size_page)
+
     # -- the log ------------------------------------------------------------------------------
     def kernel_log(self, *, since_clear: bool = False) -> KernelLog:
         """The printk log (:func:`kdumpy.kernel_log.read_kernel_log`)."""
@@ -202,3 +234,63 @@ class KernelView:
 def kernel_view(obj: Dump | KernelView) -> KernelView:
     """``obj`` as a :class:`KernelView` (a Dump is wrapped; a view is returned as is)."""
     return KernelView(obj) if isinstance(obj, Dump) else obj
+
+
+class MemSections:
+    """``struct page`` addresses per memory section, from VMCOREINFO's mem_section keys."""
+
+    def __init__(self, mem: Dump | KernelView) -> None:
+        mem = kernel_view(mem)
+        vi = mem.vmcoreinfo
+        if vi is None:
+            raise MissingKeyError(f"{mem.path}: no VMCOREINFO: dump levels above 1 need it")
+        need = {}
+        for key, val in (("SYMBOL(mem_section)", vi.symbol("mem_section")),
+                         ("SIZE(mem_section)", vi.size("mem_section")),
+                         ("OFFSET(mem_section.section_mem_map)", vi.offset("mem_section.section_mem_map")),
+                         ("NUMBER(SECTION_SIZE_BITS)", vi.number("SECTION_SIZE_BITS")),
+                         ("NUMBER(MAX_PHYSMEM_BITS)", vi.number("MAX_PHYSMEM_BITS"))):
+            if val is None:
+                raise MissingKeyError(f"{mem.path}: VMCOREINFO lacks {key} (needed to find struct page)")
+            need[key] = val
+        self.mem = mem
+        self.symbol = need["SYMBOL(mem_section)"]
+        self.size = need["SIZE(mem_section)"]
+        self.off_map = need["OFFSET(mem_section.section_mem_map)"]
+        page_shift = mem.page_size.bit_length() - 1
+        self.pfn_shift = need["NUMBER(SECTION_SIZE_BITS)"] - page_shift
+        self.pages_per_section = 1 << self.pfn_shift
+        nr_sections = 1 << (need["NUMBER(MAX_PHYSMEM_BITS)"] - need["NUMBER(SECTION_SIZE_BITS)"])
+        self.per_root = mem.page_size // self.size
+        length = vi.length("mem_section")
+        self.extreme = length is None or length == -(-nr_sections // self.per_root)
+        self.map_mask = ~(min(mem.page_size, self.pages_per_section) - 1)
+        self._roots: dict[int, int] = {}
+        self._roots_base = self.symbol
+        self.size_page = vi.size("page") or 64
+
+    def _u64(self, va: int) -> int:
+        return struct.unpack("<Q", self.mem.read_virt(va, 8))[0]
+
+    def section_entry(self, nr: int) -> int | None:
+        """Address of ``struct mem_section`` number ``nr`` (None if its root is absent)."""
+        if not self.extreme:
+            return self.symbol + nr * self.size
+        r = nr // self.per_root
+        root = self._roots.get(r)
+        if root is None:
+            root = self._roots[r] = self._u64(self._roots_base + 8 * r)
+        if root == 0:
+            return None
+        return root + (nr % self.per_root) * self.size
+
+    def mem_map(self, nr: int) -> int | None:
+        """``struct page`` address of the section's first PFN, None without a mem_map."""
+        entry = self.section_entry(nr)
+        if entry is None:
+            return None
+        smm = self._u64(entry + self.off_map)
+        if not (smm & SECTION_MARKED_PRESENT) or not (smm & SECTION_HAS_MEM_MAP):
+            return None
+        coded = smm & self.map_mask & 0xFFFFFFFFFFFFFFFF
+        return (coded + (nr << self.pfn_shift) * self.size_page) & 0xFFFFFFFFFFFFFFFF

@@ -343,3 +343,17 @@ def test_kallsyms_without_relative_base_is_not_available():
 
     with pytest.raises(KdumpyError, match="kallsyms_relative_base"):
         read_kallsyms(Mem())
+
+
+def test_flattened_stream_without_its_end_marker_is_incomplete(synth_core, tmp_path):
+    flat = tmp_path / "f"
+    assert main(["save", "-q", "-d", "0", "-f", "flat", synth_core.path, str(flat)]) == 0
+    data = flat.read_bytes()
+    assert data.endswith(FLAT_END)
+    cut = tmp_path / "cut"
+    cut.write_bytes(data[:-len(FLAT_END)])         # every record landed, the marker did not
+    info = info_json(cut)
+    assert info["incomplete"] is True and info["pages_lost"] == 0
+    with open_dump(cut) as mem:
+        for pfn, page in synth_core.pages.items():
+            assert mem.read_pfn(pfn) == page

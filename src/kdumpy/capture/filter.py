@@ -24,11 +24,8 @@ import numpy as np
 from kdumpy.errors import KdumpyError
 from kdumpy.formats import bitmap as bm
 from kdumpy.dump import Dump
-from kdumpy.kernel import KernelView, kernel_view
+from kdumpy.kernel import KernelView, MemSections
 from kdumpy.capture.page_classes import CLASS_NAMES, KEEP, MissingKeyError, PageRules
-
-SECTION_MARKED_PRESENT = 1
-SECTION_HAS_MEM_MAP = 2
 
 
 @dataclass
@@ -40,66 +37,6 @@ class FilterResult:
     excluded: dict[str, int] = field(default_factory=dict)
     protected: int = 0
     notes: list[str] = field(default_factory=list)
-
-
-class MemSections:
-    """``struct page`` addresses per memory section, from VMCOREINFO's mem_section keys."""
-
-    def __init__(self, mem: Dump | KernelView) -> None:
-        mem = kernel_view(mem)
-        vi = mem.vmcoreinfo
-        if vi is None:
-            raise MissingKeyError(f"{mem.path}: no VMCOREINFO: dump levels above 1 need it")
-        need = {}
-        for key, val in (("SYMBOL(mem_section)", vi.symbol("mem_section")),
-                         ("SIZE(mem_section)", vi.size("mem_section")),
-                         ("OFFSET(mem_section.section_mem_map)", vi.offset("mem_section.section_mem_map")),
-                         ("NUMBER(SECTION_SIZE_BITS)", vi.number("SECTION_SIZE_BITS")),
-                         ("NUMBER(MAX_PHYSMEM_BITS)", vi.number("MAX_PHYSMEM_BITS"))):
-            if val is None:
-                raise MissingKeyError(f"{mem.path}: VMCOREINFO lacks {key} (needed to find struct page)")
-            need[key] = val
-        self.mem = mem
-        self.symbol = need["SYMBOL(mem_section)"]
-        self.size = need["SIZE(mem_section)"]
-        self.off_map = need["OFFSET(mem_section.section_mem_map)"]
-        page_shift = mem.page_size.bit_length() - 1
-        self.pfn_shift = need["NUMBER(SECTION_SIZE_BITS)"] - page_shift
-        self.pages_per_section = 1 << self.pfn_shift
-        nr_sections = 1 << (need["NUMBER(MAX_PHYSMEM_BITS)"] - need["NUMBER(SECTION_SIZE_BITS)"])
-        self.per_root = mem.page_size // self.size
-        length = vi.length("mem_section")
-        self.extreme = length is None or length == -(-nr_sections // self.per_root)
-        self.map_mask = ~(min(mem.page_size, self.pages_per_section) - 1)
-        self._roots: dict[int, int] = {}
-        self._roots_base = self.symbol
-        self.size_page = vi.size("page") or 64
-
-    def _u64(self, va: int) -> int:
-        return struct.unpack("<Q", self.mem.read_virt(va, 8))[0]
-
-    def section_entry(self, nr: int) -> int | None:
-        """Address of ``struct mem_section`` number ``nr`` (None if its root is absent)."""
-        if not self.extreme:
-            return self.symbol + nr * self.size
-        r = nr // self.per_root
-        root = self._roots.get(r)
-        if root is None:
-            root = self._roots[r] = self._u64(self._roots_base + 8 * r)
-        if root == 0:
-            return None
-        return root + (nr % self.per_root) * self.size
-
-    def mem_map(self, nr: int) -> int | None:
-        """``struct page`` address of the section's first PFN, None without a mem_map."""
-        entry = self.section_entry(nr)
-        if entry is None:
-            return None
-        smm = self._u64(entry + self.off_map)
-        if not (smm & SECTION_MARKED_PRESENT) or not (smm & SECTION_HAS_MEM_MAP):
-            return None
-        coded = smm & self.map_mask & 0xFFFFFFFFFFFFFFFF
-        return (coded + (nr << self.pfn_shift) * self.size_page) & 0xFFFFFFFFFFFFFFFF
 
 
 def _reserved_bit_checked(mem: KernelView, sections: "MemSections", rules: PageRules) -> bool:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kdumpy.errors import KdumpyError
+from kdumpy.kernel import MissingKeyError
 from kdumpy.formats.vmcoreinfo import VmcoreInfo
 
 DL_ZERO, DL_CACHE, DL_CACHE_PRI, DL_USER, DL_FREE = 1, 2, 4, 8, 16
@@ -40,10 +40,6 @@ CLASS_NAMES = {FREE: "free", CACHE: "cache", CACHE_PRIVATE: "cache_private", USE
                HWPOISON: "hwpoison", OFFLINE: "offline", UNACCEPTED: "unaccepted"}
 
 PAGE_MAPPING_ANON = 1
-
-
-class MissingKeyError(KdumpyError):
-    """A dump level needs a VMCOREINFO key the crashed kernel did not export."""
 
 
 def _page_type_matcher(value: int | None):
