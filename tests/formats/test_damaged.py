@@ -357,3 +357,17 @@ def test_flattened_stream_without_its_end_marker_is_incomplete(synth_core, tmp_p
     with open_dump(cut) as mem:
         for pfn, page in synth_core.pages.items():
             assert mem.read_pfn(pfn) == page
+
+
+def test_report_without_kallsyms_relative_base_says_not_available(tmp_path):
+    from synth import VMCOREINFO, make_vmcore
+    core = make_vmcore(str(tmp_path / "vmcore"), vmcoreinfo=VMCOREINFO + (
+        b"SYMBOL(kallsyms_names)=ffffffff81000000\nSYMBOL(kallsyms_num_syms)=ffffffff81100000\n"
+        b"SYMBOL(kallsyms_token_table)=ffffffff81200000\n"
+        b"SYMBOL(kallsyms_token_index)=ffffffff81300000\n"
+        b"SYMBOL(kallsyms_offsets)=ffffffff81400000\n"))
+    for cmd in ("report", "info"):
+        r = run_cli(cmd, core.path)
+        assert r.returncode == 0 and "Traceback" not in r.stderr + r.stdout, r.stderr
+    assert "kallsyms_relative_base: symbol addresses are not available" in run_cli(
+        "report", core.path).stdout
