@@ -18,6 +18,7 @@ import numpy as np
 
 from kdumpy.capture import filter as kfilter
 from kdumpy.formats import bitmap as bm
+from kdumpy.kernel import KernelView
 from kdumpy.memory import open_dump
 
 
@@ -35,28 +36,28 @@ def main() -> int:
     for k in range(factor):
         for s, e in bm.runs(present, mem.max_pfn):
             bm.set_range(tiled, k * span + s, k * span + e)
-    real_read_virt = mem.read_virt
+    real_read_virt = KernelView.read_virt
     struct_size = sections.size_page
 
     # Sections beyond the real machine show the real sections' struct pages again.
     def mem_map(self, nr):
         return ("tile", nr)
 
-    def read_virt(va, size):
+    def read_virt(self, va, size):
         if isinstance(va, tuple):
             nr = va[1]
             base = bases.get(nr % real_secs)
-            return real_read_virt(base, size)
-        return real_read_virt(va, size)
+            return real_read_virt(self, base, size)
+        return real_read_virt(self, va, size)
 
     kfilter.MemSections.mem_map = mem_map
-    mem.read_virt = read_virt
+    KernelView.read_virt = read_virt
     mem.max_pfn = span * factor
     mem._present = tiled
     mem._dumpable = tiled
     mem.present_bitmap = lambda: tiled
     mem.dumpable_bitmap = lambda: tiled
-    kfilter.kernel_image_ranges = lambda m: []
+    mem.kernel_image_ranges = lambda: []
     del struct_size
     t0 = time.perf_counter()
     res = kfilter.filter_pages(mem, 31)

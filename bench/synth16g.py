@@ -54,11 +54,11 @@ def main() -> int:
             entry_va = sections.section_entry(nr)
             if entry_va is None:
                 raise SystemExit(f"mem_section root for section {nr} is absent; use a smaller factor")
-            old = struct.unpack("<Q", mem.read_virt(entry_va + sections.off_map, 8))[0] if False else None
-            smm_real = struct.unpack("<Q", mem.read_virt(sections.section_entry(r) + sections.off_map, 8))[0]
+            old = struct.unpack("<Q", sections.mem.read_virt(entry_va + sections.off_map, 8))[0] if False else None
+            smm_real = struct.unpack("<Q", sections.mem.read_virt(sections.section_entry(r) + sections.off_map, 8))[0]
             flags = smm_real & ~sections.map_mask & 0xFFFFFFFFFFFFFFFF
             coded = (base - (nr << sections.pfn_shift) * size_page) & 0xFFFFFFFFFFFFFFFF
-            patches[mem.virt_to_phys(entry_va + sections.off_map)] = struct.pack("<Q", coded | flags)
+            patches[sections.mem.virt_to_phys(entry_va + sections.off_map)] = struct.pack("<Q", coded | flags)
             del old
     # Write: ELF header + phdrs + notes + segment data (copies referencing the same bytes).
     phnum = 1 + len(new_loads)

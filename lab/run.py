@@ -57,6 +57,7 @@ from .qemu import (
     parse_size,
     qemu_version,
 )
+from .save_imports import save_files
 from .serial import (
     LINUX_VERSION_RE,
     Event,
@@ -186,21 +187,17 @@ def project_src() -> Path:
     return Path(__file__).resolve().parents[1] / "src"
 
 
-#: Parts of kdumpy that ``kdumpy save`` never imports: editing them keeps cached runs valid.
-NOT_IN_SAVE = {("setup",), ("cli", "setup_commands.py"), ("cli", "analysis_commands.py"),
-               ("analysis", "report.py"), ("analysis", "kallsyms.py")}
-
-
-def kdumpy_digest(whole: bool = False) -> str:
-    """sha256 over kdumpy's Python sources that ``save`` runs (all but :data:`NOT_IN_SAVE`),
-    or, with ``whole``, over all of them (runs where ``kdumpy load`` or ``kdumpy capture``
-    run in the guest, which import the setup side too)."""
-    pkg = project_src() / "kdumpy"
+def kdumpy_digest(whole: bool = False, src: Path | None = None) -> str:
+    """sha256 over the kdumpy sources that ``kdumpy save`` can import
+    (:func:`lab.save_imports.save_files`, found from the imports themselves), or, with
+    ``whole``, over all of them (runs where ``kdumpy load`` or ``kdumpy capture`` run in
+    the guest, which import the setup side too)."""
+    src = src or project_src()
+    pkg = src / "kdumpy"
+    files = sorted(pkg.rglob("*.py")) if whole else save_files(src)
     digest = hashlib.sha256()
-    for path in sorted(pkg.rglob("*.py")):
+    for path in files:
         rel = path.relative_to(pkg)
-        if not whole and (rel.parts[:1] in NOT_IN_SAVE or rel.parts[:2] in NOT_IN_SAVE):
-            continue
         digest.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 

@@ -117,7 +117,7 @@ def compare_dump(dump_path: Path | str, raw: RawVmcore, *, level1: bool,
                 count = min(BATCH_PAGES, hi - start)
                 want = np.frombuffer(raw.read_pages(start, count), dtype=np.uint8)
                 want = want.reshape(count, ps)
-                got = mem.read_pfns(start, count)
+                got = mem.read_pfns(start, count, zero_fill=True)   # excluded pages read as zeros
                 present = _unpack(present_bm, start, count)
                 dumpable = _unpack(dumpable_bm, start, count)
                 result.pages_in_raw += count

@@ -16,7 +16,7 @@ def assert_pages_equal(a: DumpMemory, b: DumpMemory, *, only_dumpable_in: DumpMe
     for s, e in only_dumpable_in.dumpable_ranges():
         for p in range(s, e, BATCH):
             k = min(BATCH, e - p)
-            x, y = a.read_pfns(p, k), b.read_pfns(p, k)
+            x, y = a.read_pfns(p, k, zero_fill=True), b.read_pfns(p, k, zero_fill=True)
             if not np.array_equal(x, y):
                 bad = p + int(np.flatnonzero((x != y).any(axis=1))[0])
                 raise AssertionError(f"PFN {bad:#x} differs between {a.path} and {b.path}")

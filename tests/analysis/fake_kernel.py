@@ -17,7 +17,7 @@ import struct
 from dataclasses import dataclass, field
 
 from kdumpy.formats.vmcoreinfo import VmcoreInfo
-from kdumpy.vtop import TranslationError
+from kdumpy.arch.x86_64 import TranslationError
 
 U64 = (1 << 64) - 1
 ID_MASK = (1 << 62) - 1

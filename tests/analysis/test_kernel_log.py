@@ -21,6 +21,7 @@ from fake_kernel import (CLEAR_SEQ, DESCS, ID_MASK, INFOS, LOG_BUF, PRB_STRUCT, 
 from kdumpy.analysis.kernel_log import (EMPTY_LINE_LPOS, FAILED_LPOS, escape_text,  # noqa: E402
                                         format_dmesg, line_prefix, read_kernel_log)
 from kdumpy.errors import KdumpyError  # noqa: E402
+from kdumpy.kernel import KernelView  # noqa: E402
 
 
 def lines(seqs, texts, caller=None) -> bytes:
@@ -424,7 +425,7 @@ def test_lab_caller_field(lab_crash):
 def _file_offsets(mem, vaddr: int) -> list[int]:
     """Every file offset holding ``vaddr`` (PT_LOADs may overlap physically, as the
     kernel-text segment of /proc/vmcore overlaps RAM)."""
-    pa = mem.virt_to_phys(vaddr)
+    pa = KernelView(mem).virt_to_phys(vaddr)
     found = [off + pa - seg_pa for seg_pa, _memsz, filesz, off, _va in mem.segments
              if seg_pa <= pa < seg_pa + filesz]
     assert found, f"{vaddr:#x} is not in the file"
@@ -442,8 +443,9 @@ def test_lab_doctored_ring_matches_makedumpfile(lab_crash, tmp_path, makedumpfil
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     with open_dump(copy) as mem:
         vi = mem.vmcoreinfo
-        prb = struct.unpack("<Q", mem.read_virt(vi.symbol("prb"), 8))[0]
-        hdr = mem.read_virt(prb, 88)
+        kv = KernelView(mem)
+        prb = struct.unpack("<Q", kv.read_virt(vi.symbol("prb"), 8))[0]
+        hdr = kv.read_virt(prb, 88)
         count_bits, descs, infos, head, tail = struct.unpack_from("<IxxxxQQQQ", hdr, 0)
         size_bits, data = struct.unpack_from("<IxxxxQ", hdr, 48)
         count, size = 1 << count_bits, 1 << size_bits
@@ -456,8 +458,8 @@ def test_lab_doctored_ring_matches_makedumpfile(lab_crash, tmp_path, makedumpfil
             for k in range(count):
                 did = (tail + k) & ID_MASK
                 i = did % count
-                if struct.unpack("<Q", mem.read_virt(infos + i * 88, 8))[0] == seq:
-                    sv, b, n = struct.unpack("<QQQ", mem.read_virt(descs + i * 24, 24))
+                if struct.unpack("<Q", kv.read_virt(infos + i * 88, 8))[0] == seq:
+                    sv, b, n = struct.unpack("<QQQ", kv.read_virt(descs + i * 24, 24))
                     return did, i, b, n
             raise AssertionError(seq)
 

@@ -61,7 +61,7 @@ def test_cycles_count_every_page_and_read_back(tmp_path):
                  str(out)]) == 0
     with open_dump(out) as mem:
         for pfn, data in core.pages.items():
-            assert mem.read_pfns(pfn, 1).tobytes() == data
+            assert mem.read_pfns(pfn, 1, zero_fill=True).tobytes() == data
 
 
 def test_cyclic_buffer_must_be_positive(tmp_path, capsys):

@@ -44,7 +44,7 @@ def _struct_pages(mem, rules, sections, pfns):
     for p in pfns:
         base = sections.mem_map(p // sections.pages_per_section)
         off = (p % sections.pages_per_section) * rules.size_page
-        rows.append(mem.read_virt(base + off, rules.size_page * 2))
+        rows.append(sections.mem.read_virt(base + off, rules.size_page * 2))
     return [np.frombuffer(r, dtype=rules.dtype, count=2) for r in rows]
 
 
@@ -142,7 +142,7 @@ def test_every_slab_page_is_kept(lab_crash):
             base = sections.mem_map(nr)
             if base is None or not present.any():
                 continue
-            pg = np.frombuffer(raw.read_virt(base, n * rules.size_page), dtype=rules.dtype, count=n)
+            pg = np.frombuffer(sections.mem.read_virt(base, n * rules.size_page), dtype=rules.dtype, count=n)
             slab = np.zeros(n, bool)
             if rules.is_slab_type is not None:
                 slab |= rules.is_slab_type(pg["mapcount"])

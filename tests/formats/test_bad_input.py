@@ -3,11 +3,13 @@ property tests feeding mutated headers to every reader."""
 
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 from kdumpy.cli import main
 from kdumpy.errors import KdumpyError
 from kdumpy.formats.kdump import KdumpFile
-from kdumpy.memory import open_dump
+from kdumpy.dump import FaultError, PageState, open_dump
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -61,10 +63,25 @@ def test_wrong_signature(synth_core, tmp_path):
     assert_one_line_error(run_cli("info", str(bad)), bad, "signature")
 
 
-def test_pt_load_past_end_of_file(synth_core, tmp_path):
+def test_pt_load_past_end_of_file_opens_up_to_the_data_that_landed(synth_core, tmp_path):
+    """An ELF dump cut short (a full disk) opens: what landed reads back, what did not is
+    lost (FaultError, never zeros), and info says so."""
     size = Path(synth_core.path).stat().st_size
     bad = _mutated(Path(synth_core.path), tmp_path / "p", [], truncate=size // 2)
-    assert_one_line_error(run_cli("info", str(bad)), bad, "PT_LOAD", "past the end")
+    r = run_cli("info", "--json", str(bad))
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["incomplete"] is True and info["pages_lost"] > 0
+    with open_dump(bad) as mem:
+        lost = [p for p in sorted(synth_core.pages) if mem.page_state(p) == PageState.LOST]
+        kept = [p for p in sorted(synth_core.pages) if mem.page_state(p) == PageState.DUMPABLE]
+        assert lost and kept and len(lost) == info["pages_lost"]
+        for p in kept:
+            assert mem.read_pfn(p) == synth_core.pages[p]
+        with pytest.raises(FaultError) as exc:
+            mem.read_phys(lost[0] * 4096 + 8, 16)
+        assert exc.value.reason == "lost" and exc.value.address == lost[0] * 4096 + 8
+        assert all(p not in set(lost) for s, e in mem.dumpable_ranges() for p in range(s, e))
 
 
 def test_garbage_vmcoreinfo(synth_core, tmp_path):
@@ -86,18 +103,31 @@ def test_kdump_truncated(kdump_file, tmp_path):
         assert_one_line_error(r, bad)
 
 
-def test_kdump_page_desc_out_of_range(kdump_file, tmp_path):
+def test_kdump_page_desc_out_of_range_is_a_lost_page(kdump_file, tmp_path):
+    """A descriptor pointing past the end of the file: that page is lost (reported by
+    info, FaultError on reading), and a copy leaves it out rather than writing zeros."""
     kf = KdumpFile(kdump_file.read_bytes(), path=str(kdump_file))
     # the 5th descriptor points far past the end of the file
     at = kf.desc_offset + 24 * 5
     bad = _mutated(kdump_file, tmp_path / "d", [(at, struct.pack("<q", 1 << 40))])
+    pfn = int(np.flatnonzero(np.unpackbits(kf.bitmap2, bitorder="little"))[5])
+    r = run_cli("info", "--json", str(bad))
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["pages_lost"] == 1 and info["incomplete"] is True
+    with open_dump(bad) as mem:
+        assert mem.page_state(pfn) == PageState.LOST
+        with pytest.raises(FaultError, match="lost"):
+            mem.read_pfn(pfn)
+        assert mem.read_pfn(pfn, zero_fill=True) == bytes(4096)
     r = run_cli("convert", "-q", "-c", "zlib", str(bad), str(tmp_path / "out"))
-    assert_one_line_error(r, bad, "page_desc of PFN", "outside the file")
-    assert not (tmp_path / "out").exists()
-    # the partial output is kept under .incomplete and carries the incomplete mark
-    partial = tmp_path / "out.incomplete"
-    with open_dump(partial) as mem:
-        assert mem.incomplete
+    assert r.returncode == 0, r.stderr
+    with open_dump(tmp_path / "out") as out, open_dump(kdump_file) as whole:
+        assert not out.is_dumpable(pfn)
+        for s_, e_ in whole.dumpable_ranges():
+            for p in range(s_, e_):
+                if p != pfn:
+                    assert out.read_pfn(p) == whole.read_pfn(p)
 
 
 def test_kdump_bitmap_shorter_than_max_mapnr(kdump_file, tmp_path):
@@ -109,10 +139,23 @@ def test_kdump_bitmap_shorter_than_max_mapnr(kdump_file, tmp_path):
 
 
 def test_flattened_stream_cut_short(kdump_file, synth_core, tmp_path):
+    """A flattened stream cut short opens up to its last record (the data that landed);
+    reassembling it from a pipe still refuses (a stream cannot be marked afterwards)."""
     flat = tmp_path / "f"
     assert main(["save", "-q", "-d", "1", "-f", "flat", synth_core.path, str(flat)]) == 0
     bad = _mutated(flat, tmp_path / "fc", [], truncate=flat.stat().st_size - 100)
-    assert_one_line_error(run_cli("info", str(bad)), bad, "flattened")
+    r = run_cli("info", "--json", str(bad))
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["incomplete"] is True and info["pages_lost"] >= 1
+    with open_dump(bad) as mem:
+        for p, data in synth_core.pages.items():
+            if mem.page_state(p) == PageState.DUMPABLE:
+                assert mem.read_pfn(p) == data
+            else:
+                assert mem.page_state(p) == PageState.LOST
+                with pytest.raises(FaultError):
+                    mem.read_pfn(p)
     r = subprocess.run([sys.executable, "-m", "kdumpy", "convert", "-", str(tmp_path / "re")],
                        input=bad.read_bytes(), capture_output=True, text=False)
     assert r.returncode == 1

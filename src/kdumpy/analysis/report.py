@@ -9,7 +9,7 @@
   [UID: U] PID: P Comm: C [Kdump: loaded] Not tainted|Tainted: FLAGS RELEASE ...`` printed
   by ``dump_stack_print_info()`` (``lib/dump_stack.c``; ``UID:`` since 6.10);
 - the taint flags: ``tainted_mask`` is not in VMCOREINFO, so it is read through kallsyms
-  (:mod:`kdumpy.analysis.kallsyms`) when possible, else parsed from the crash line;
+  (:mod:`kdumpy.kallsyms`) when possible, else parsed from the crash line;
   the report says which;
 - the crashing CPU: ``panic_cpu`` (set by ``panic()`` and ``crash_kexec()``) through
   kallsyms, else the crash line's CPU; its registers come from the NT_PRSTATUS notes, one
@@ -35,11 +35,12 @@ import os
 import re
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
-from kdumpy.analysis.kallsyms import Kallsyms, read_kallsyms
-from kdumpy.analysis.kernel_log import KernelLog, LogRecord, format_record, read_kernel_log
+from kdumpy.kallsyms import Kallsyms, read_kallsyms
+from kdumpy.kernel_log import KernelLog, LogRecord, format_record, read_kernel_log
 from kdumpy.errors import KdumpyError
+from kdumpy.kernel import KernelView, kernel_view
 from kdumpy.taint import LETTER_BIT as _LETTER_BIT
 from kdumpy.taint import NAME_BIT as _NAME_BIT
 from kdumpy.taint import TAINT_FLAGS
@@ -145,16 +146,17 @@ def build_report(mem: Any, *, log_lines: int = 50, vmlinux: str | os.PathLike[st
                  backtrace: bool = True) -> dict[str, Any]:
     """Everything :func:`format_report` prints, as a JSON-serialisable dict.
 
-    ``mem`` is a :class:`kdumpy.memory.DumpMemory`; ``vmlinux`` a kernel with debug info
-    for drgn (default: Debian's ``-dbg`` package paths); ``backtrace=False`` skips drgn.
+    ``mem`` is a :class:`kdumpy.KernelView` (a :class:`kdumpy.Dump` is wrapped in one);
+    ``vmlinux`` a kernel with debug info for drgn (default: Debian's ``-dbg`` package
+    paths); ``backtrace=False`` skips drgn.
     """
+    mem = kernel_view(mem)
     vi = mem.vmcoreinfo
     notes: list[str] = []
     uts = _safe(mem.read_kernel_utsname) or {}
     release = (vi.osrelease if vi is not None else None) or uts.get("release")
     report: dict[str, Any] = {
-        "dump": {"path": str(mem.path), "format": getattr(mem, "format", None),
-                 "container": getattr(mem, "container", None)},
+        "dump": {"path": str(mem.path), "format": mem.format, "container": mem.container},
         "kernel": {"release": release, "version": uts.get("version"),
                    "nodename": uts.get("nodename"), "machine": uts.get("machine") or mem.machine,
                    "build_id": vi.build_id if vi is not None else None},
@@ -224,8 +226,8 @@ def _safe(fn, *args):
         return None
 
 
-def _byteorder(mem: Any) -> str:
-    return getattr(mem, "byteorder", "little")
+def _byteorder(mem: Any) -> Literal["little", "big"]:
+    return "big" if mem.byteorder == "big" else "little"
 
 
 def _iso(epoch: float) -> str:
@@ -235,9 +237,8 @@ def _iso(epoch: float) -> str:
 def _crash_time(mem: Any) -> dict[str, Any] | None:
     vi = mem.vmcoreinfo
     epoch, source = (vi.crash_time, "VMCOREINFO CRASHTIME") if vi is not None else (None, None)
-    if epoch is None:
-        header = getattr(mem, "header", None)
-        tv = getattr(header, "tv_sec", None)
+    if epoch is None and isinstance(mem, KernelView):
+        tv = mem.dump.crash_time
         if tv:
             epoch, source = tv, "kdump header timestamp"
     if epoch is None:
@@ -399,7 +400,7 @@ def _stack_scan(mem: Any, ks: Kallsyms | None, crashing: dict[str, Any] | None,
         return None
     sp = int(crashing["registers"]["rsp"], 16)
     top = (sp & ~(THREAD_SIZE - 1)) + THREAD_SIZE
-    frames = []
+    frames: list[dict[str, Any]] = []
     pos = sp
     while pos < top and len(frames) < limit:
         n = min(top - pos, 4096 - (pos & 0xFFF))
@@ -457,7 +458,7 @@ def drgn_backtrace(mem: Any, release: str | None,
             return {"status": "no-debug-info",
                     "note": f"no backtrace: no debug info for {release or 'this kernel'}; "
                             + _how_to_get_debuginfo(release)}
-    if getattr(mem, "container", "file") == "split":
+    if mem.container == "split":
         return {"status": "failed", "note": "no backtrace: drgn cannot open a split dump; "
                                             "join it first (kdumpy convert)"}
     prog = drgn.Program()

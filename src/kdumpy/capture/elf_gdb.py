@@ -63,7 +63,9 @@ import shlex
 from collections.abc import Sequence
 
 from kdumpy.errors import KdumpyError
-from kdumpy.memory import START_KERNEL_MAP, DumpMemory, ElfMemory
+from kdumpy.arch.x86_64 import START_KERNEL_MAP
+from kdumpy.dump import Dump
+from kdumpy.kernel import KernelView
 
 #: ``(p_paddr, p_memsz, p_filesz, p_vaddr)`` of one PT_LOAD to be written, as ``write_elf``
 #: plans them.
@@ -86,7 +88,7 @@ U32_LIMIT = 1 << 32
 
 # -- PT_LOADs ------------------------------------------------------------------------------
 
-def elf_segments(mem: DumpMemory, segments: Sequence[Segment], *, bits: int,
+def elf_segments(mem: Dump, segments: Sequence[Segment], *, bits: int,
                  gdb: bool = True) -> list[Segment]:
     """The PT_LOADs of an ELF dump of ``mem``: ``segments`` (the source's, in its order)
     completed for gdb and fitted to an ELF class of ``bits``.
@@ -109,7 +111,7 @@ def elf_segments(mem: DumpMemory, segments: Sequence[Segment], *, bits: int,
     return out
 
 
-def _is_64bit(mem: DumpMemory) -> bool:
+def _is_64bit(mem: Dump) -> bool:
     from kdumpy.formats.kdump import MACHINE_WORD
     return MACHINE_WORD.get(mem.machine, 64) == 64
 
@@ -120,14 +122,15 @@ def _below_image(va: int) -> bool:
     return 0 < va < START_KERNEL_MAP
 
 
-def _complete_for_gdb(mem: DumpMemory, segs: list[Segment]) -> list[Segment]:
-    pt = mem.page_tables()
+def _complete_for_gdb(mem: Dump, segs: list[Segment]) -> list[Segment]:
+    kv = KernelView(mem)
+    pt = kv.page_tables()
     if not any(_below_image(va) for *_x, va in segs):
-        base = direct_map_base(mem)
+        base = direct_map_base(kv)
         if base is not None:
             segs = [(pa, msz, fsz, base + pa if va == 0 else va) for pa, msz, fsz, va in segs]
     if not any(va >= START_KERNEL_MAP for *_x, va in segs):
-        image = kernel_image_segment(mem)
+        image = kernel_image_segment(kv)
         if image is not None:
             segs = [image] + segs
     ram_at = next((i for i, (*_x, va) in enumerate(segs) if _below_image(va)), None)
@@ -138,13 +141,13 @@ def _complete_for_gdb(mem: DumpMemory, segs: list[Segment]) -> list[Segment]:
     for sp in _kernel_stack_pointers(mem):
         if any(s <= sp < e for s, e in covered):
             continue
-        found = stack_segments(mem, sp, pt)
+        found = stack_segments(kv, sp, pt)
         stacks.extend(found)
         covered.extend((va, va + msz) for _pa, msz, _f, va in found)
     return segs[:ram_at] + stacks + segs[ram_at:]
 
 
-def _kernel_stack_pointers(mem: DumpMemory) -> list[int]:
+def _kernel_stack_pointers(mem: Dump) -> list[int]:
     """``rsp`` of every NT_PRSTATUS whose CPU was in kernel mode (CPL 0 in ``cs``)."""
     out = []
     for pr in mem.prstatus():
@@ -154,11 +157,12 @@ def _kernel_stack_pointers(mem: DumpMemory) -> list[int]:
     return out
 
 
-def stack_segments(mem: DumpMemory, sp: int, pt=None) -> list[Segment]:
+def stack_segments(kv: KernelView, sp: int, pt=None) -> list[Segment]:
     """PT_LOADs mapping the stack that holds ``sp``: the run of mapped, dumpable pages
     around it (at most :data:`STACK_SCAN_PAGES` each way), one PT_LOAD per physically
     contiguous part."""
-    pt = pt if pt is not None else mem.page_tables()
+    dump = kv.dump
+    pt = pt if pt is not None else kv.page_tables()
     page = sp & ~(PAGE - 1)
 
     def phys(va: int) -> int | None:
@@ -166,7 +170,7 @@ def stack_segments(mem: DumpMemory, sp: int, pt=None) -> list[Segment]:
             pa = pt.translate(va)
         except KdumpyError:
             return None
-        return pa if mem.is_dumpable(pa // mem.page_size) else None
+        return pa if dump.is_dumpable(pa // dump.page_size) else None
 
     if phys(page) is None:
         return []
@@ -188,7 +192,7 @@ def stack_segments(mem: DumpMemory, sp: int, pt=None) -> list[Segment]:
     return out
 
 
-def direct_map_base(mem: DumpMemory) -> int | None:
+def direct_map_base(mem: KernelView) -> int | None:
     """``page_offset_base`` (the direct map's start) from VMCOREINFO and the page tables,
     or None: ``va - pa`` of ``SYMBOL(mem_section)``, accepted when it is 1 GiB aligned
     and below ``__START_KERNEL_map`` (older kernels export the array's image address)."""
@@ -205,7 +209,7 @@ def direct_map_base(mem: DumpMemory) -> int | None:
     return base
 
 
-def kernel_image_segment(mem: DumpMemory) -> Segment | None:
+def kernel_image_segment(mem: KernelView) -> Segment | None:
     """A PT_LOAD for the kernel image at ``__START_KERNEL_map`` (as ``/proc/vmcore`` has),
     from ``_text`` (``SYMBOL(_stext)`` rounded down to 2 MiB) to the last mapped page of
     the image region, or None."""
@@ -239,18 +243,18 @@ def kernel_image_segment(mem: DumpMemory) -> Segment | None:
         if mapped(va):
             end = va + PAGE
     end_pa = pa + (end - start)
-    if end_pa > mem.max_pfn * mem.page_size:
+    if end_pa > mem.dump.max_pfn * mem.page_size:
         return None
     return (pa, end - start, end - start, start)
 
 
 # -- ELF32 ---------------------------------------------------------------------------------
 
-def check_elf32(mem: DumpMemory) -> None:
+def check_elf32(mem: Dump) -> None:
     """Refuse ELF32 headers for a dump with physical memory at or above 4 GiB."""
     ps = mem.page_size
-    if isinstance(mem, ElfMemory):
-        ranges = [(pa, pa + msz) for pa, msz, *_r in mem.segments]
+    if mem.load_segments is not None:
+        ranges = [(pa, pa + msz) for pa, msz, *_r in mem.load_segments]
     else:
         ranges = [(s * ps, e * ps) for s, e in mem.present_ranges()]
     for start, end in ranges:
@@ -286,7 +290,7 @@ def gdb_thread_for_note(pids: Sequence[int], index: int) -> int | None:
     return number[pid]
 
 
-def kernel_offset(mem: DumpMemory) -> int:
+def kernel_offset(mem: Dump) -> int:
     """VMCOREINFO ``KERNELOFFSET`` (the KASLR slide of the kernel image), 0 if absent."""
     vi = mem.vmcoreinfo
     if vi is None or "KERNELOFFSET" not in vi:
@@ -329,26 +333,26 @@ def gdb_command(dump: str, *, offset: int, thread: int | None, vmlinux: str = "v
                                commands=commands, batch=batch))
 
 
-def stack_is_mapped(mem: DumpMemory, note_index: int) -> bool | None:
+def stack_is_mapped(mem: Dump, note_index: int) -> bool | None:
     """Whether an ELF dump's PT_LOADs map the ``rsp`` of NT_PRSTATUS ``note_index`` at a
     virtual address (None: not an x86_64 ELF dump, or no such note)."""
-    if not isinstance(mem, ElfMemory) or mem.machine != "x86_64":
+    if mem.load_segments is None or mem.machine != "x86_64":
         return None
     prs = mem.prstatus()
     if not 0 <= note_index < len(prs) or "rsp" not in prs[note_index].registers:
         return None
     sp = prs[note_index].registers["rsp"]
-    return any(va and va <= sp < va + msz for _pa, msz, _f, _o, va in mem.segments)
+    return any(va and va <= sp < va + msz for _pa, msz, _f, _o, va in mem.load_segments)
 
 
-def gdb_hint(mem: DumpMemory, crashing_note: int | None, *,
+def gdb_hint(mem: Dump, crashing_note: int | None, *,
              vmlinux: str = "vmlinux") -> dict[str, object] | None:
     """How to open the ELF dump ``mem`` in gdb: the command line (:func:`gdb_command`) and
     what it cannot show, or None for a dump gdb cannot open (kdump-compressed) or without
     NT_PRSTATUS notes. ``crashing_note`` is the crashing CPU's note (the caller's decision,
     e.g. :func:`kdumpy.analysis.report.build_report`'s ``crashing_cpu``), None if unknown.
     """
-    if not isinstance(mem, ElfMemory):
+    if mem.format != "elf":
         return None
     try:
         pids = [pr.pid for pr in mem.prstatus()]

@@ -23,11 +23,9 @@ import numpy as np
 
 from kdumpy.errors import KdumpyError
 from kdumpy.formats import bitmap as bm
-from kdumpy.memory import START_KERNEL_MAP, DumpMemory, ElfMemory
+from kdumpy.dump import Dump
+from kdumpy.kernel import KernelView, MemSections
 from kdumpy.capture.page_classes import CLASS_NAMES, KEEP, MissingKeyError, PageRules
-
-SECTION_MARKED_PRESENT = 1
-SECTION_HAS_MEM_MAP = 2
 
 
 @dataclass
@@ -41,80 +39,7 @@ class FilterResult:
     notes: list[str] = field(default_factory=list)
 
 
-class MemSections:
-    """``struct page`` addresses per memory section, from VMCOREINFO's mem_section keys."""
-
-    def __init__(self, mem: DumpMemory) -> None:
-        vi = mem.vmcoreinfo
-        if vi is None:
-            raise MissingKeyError(f"{mem.path}: no VMCOREINFO: dump levels above 1 need it")
-        need = {}
-        for key, val in (("SYMBOL(mem_section)", vi.symbol("mem_section")),
-                         ("SIZE(mem_section)", vi.size("mem_section")),
-                         ("OFFSET(mem_section.section_mem_map)", vi.offset("mem_section.section_mem_map")),
-                         ("NUMBER(SECTION_SIZE_BITS)", vi.number("SECTION_SIZE_BITS")),
-                         ("NUMBER(MAX_PHYSMEM_BITS)", vi.number("MAX_PHYSMEM_BITS"))):
-            if val is None:
-                raise MissingKeyError(f"{mem.path}: VMCOREINFO lacks {key} (needed to find struct page)")
-            need[key] = val
-        self.mem = mem
-        self.symbol = need["SYMBOL(mem_section)"]
-        self.size = need["SIZE(mem_section)"]
-        self.off_map = need["OFFSET(mem_section.section_mem_map)"]
-        page_shift = mem.page_size.bit_length() - 1
-        self.pfn_shift = need["NUMBER(SECTION_SIZE_BITS)"] - page_shift
-        self.pages_per_section = 1 << self.pfn_shift
-        nr_sections = 1 << (need["NUMBER(MAX_PHYSMEM_BITS)"] - need["NUMBER(SECTION_SIZE_BITS)"])
-        self.per_root = mem.page_size // self.size
-        length = vi.length("mem_section")
-        self.extreme = length is None or length == -(-nr_sections // self.per_root)
-        self.map_mask = ~(min(mem.page_size, self.pages_per_section) - 1)
-        self._roots: dict[int, int] = {}
-        self._roots_base = self.symbol
-        self.size_page = vi.size("page") or 64
-
-    def _u64(self, va: int) -> int:
-        return struct.unpack("<Q", self.mem.read_virt(va, 8))[0]
-
-    def section_entry(self, nr: int) -> int | None:
-        """Address of ``struct mem_section`` number ``nr`` (None if its root is absent)."""
-        if not self.extreme:
-            return self.symbol + nr * self.size
-        r = nr // self.per_root
-        root = self._roots.get(r)
-        if root is None:
-            root = self._roots[r] = self._u64(self._roots_base + 8 * r)
-        if root == 0:
-            return None
-        return root + (nr % self.per_root) * self.size
-
-    def mem_map(self, nr: int) -> int | None:
-        """``struct page`` address of the section's first PFN, None without a mem_map."""
-        entry = self.section_entry(nr)
-        if entry is None:
-            return None
-        smm = self._u64(entry + self.off_map)
-        if not (smm & SECTION_MARKED_PRESENT) or not (smm & SECTION_HAS_MEM_MAP):
-            return None
-        coded = smm & self.map_mask & 0xFFFFFFFFFFFFFFFF
-        return (coded + (nr << self.pfn_shift) * self.size_page) & 0xFFFFFFFFFFFFFFFF
-
-
-def kernel_image_ranges(mem: DumpMemory) -> list[tuple[int, int]]:
-    """PFN ranges of the kernel image PT_LOAD (``[_text, _end)`` in ``/proc/vmcore``).
-
-    The range also holds memory the kernel hands back after boot (freed ``__init``
-    sections, the unused end of ``.brk``), which is ordinary page cache or free memory
-    later; only its ``PG_reserved`` pages are the image itself.
-    """
-    if not isinstance(mem, ElfMemory):
-        return []
-    ps = mem.page_size
-    return [(pa // ps, -(-(pa + msz) // ps)) for pa, msz, _f, _o, va in mem.segments
-            if va >= START_KERNEL_MAP]
-
-
-def _reserved_bit_checked(mem: DumpMemory, sections: "MemSections", rules: PageRules) -> bool:
+def _reserved_bit_checked(mem: KernelView, sections: "MemSections", rules: PageRules) -> bool:
     """Is ``PG_reserved`` (derived, not exported) set on the page holding ``_stext``?"""
     vi = mem.vmcoreinfo
     stext = vi.symbol("_stext") if vi is not None else None
@@ -132,7 +57,7 @@ def _reserved_bit_checked(mem: DumpMemory, sections: "MemSections", rules: PageR
     return bool(flags & rules.pg_reserved)
 
 
-def check_filter_keys(mem: DumpMemory, level: int, *, allow_partial: bool = False) -> None:
+def check_filter_keys(mem: Dump, level: int, *, allow_partial: bool = False) -> None:
     """Raise :class:`MissingKeyError` now if ``level`` cannot be honoured (before anything
     is written), unless ``allow_partial`` lets the level be skipped."""
     if not level & ~1:
@@ -149,7 +74,7 @@ def check_filter_keys(mem: DumpMemory, level: int, *, allow_partial: bool = Fals
             raise
 
 
-def filter_pages(mem: DumpMemory, level: int, *, allow_partial: bool = False,
+def filter_pages(mem: Dump, level: int, *, allow_partial: bool = False,
                  protect_kernel_image: bool = True) -> FilterResult:
     """Bitmap 2 of ``mem`` with the page classes of ``level`` (bits 2, 4, 8, 16) removed,
     as one array (one bit per PFN); :class:`PageFilter` gives it cycle by cycle.
@@ -173,7 +98,7 @@ class PageFilter:
     the memory section size (:attr:`cycle_unit`).
     """
 
-    def __init__(self, mem: DumpMemory, level: int, *, allow_partial: bool = False,
+    def __init__(self, mem: Dump, level: int, *, allow_partial: bool = False,
                  protect_kernel_image: bool = True) -> None:
         self.mem = mem
         self.level = level
@@ -204,8 +129,11 @@ class PageFilter:
             self.notes.append(f"dump levels above 1 skipped: {exc}")
             return
         self.rules, self.sections = rules, sections
-        image = kernel_image_ranges(mem) if protect_kernel_image else []
-        if image and not _reserved_bit_checked(mem, sections, rules):
+        # The kernel image's range also holds memory the kernel hands back after boot
+        # (freed __init sections, the unused end of .brk); only its PG_reserved pages are
+        # the image itself.
+        image = mem.kernel_image_ranges() if protect_kernel_image else []
+        if image and not _reserved_bit_checked(sections.mem, sections, rules):
             self.notes.append("PG_reserved could not be confirmed on the kernel image; "
                               "its pages are not specially protected")
             image = []
@@ -248,7 +176,7 @@ class PageFilter:
             if base is None:
                 continue
             try:
-                raw = mem.read_virt(base, n * sections.size_page)
+                raw = sections.mem.read_virt(base, n * sections.size_page)
             except KdumpyError as exc:
                 raise KdumpyError(f"{mem.path}: struct page array of PFNs {pfn0:#x}-"
                                   f"{pfn0 + n - 1:#x} cannot be read ({exc})") from None

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kdumpy.errors import KdumpyError
+from kdumpy.kernel import MissingKeyError
 from kdumpy.formats.vmcoreinfo import VmcoreInfo
 
 DL_ZERO, DL_CACHE, DL_CACHE_PRI, DL_USER, DL_FREE = 1, 2, 4, 8, 16
@@ -40,10 +40,6 @@ CLASS_NAMES = {FREE: "free", CACHE: "cache", CACHE_PRIVATE: "cache_private", USE
                HWPOISON: "hwpoison", OFFLINE: "offline", UNACCEPTED: "unaccepted"}
 
 PAGE_MAPPING_ANON = 1
-
-
-class MissingKeyError(KdumpyError):
-    """A dump level needs a VMCOREINFO key the crashed kernel did not export."""
 
 
 def _page_type_matcher(value: int | None):
@@ -165,7 +161,7 @@ class PageRules:
         n = self.vi.number("PG_private")
         return None if n is None else 1 << (n - 1)
 
-    def classify(self, raw: np.ndarray, pfn0: int, decide: np.ndarray,
+    def classify(self, raw: bytes | np.ndarray, pfn0: int, decide: np.ndarray,
                  protect: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[str], int]:
         """Class and page count of every page of one section.
 

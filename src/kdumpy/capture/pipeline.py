@@ -14,12 +14,13 @@ one shared zero page; in ELF output zero pages are excluded like any other.
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -31,8 +32,9 @@ from kdumpy.formats.elf import (ELF32LE, ELF64LE, EF_KDUMP_INCOMPLETE, PT_LOAD, 
                                 ElfHeader, elf_core_headers_size, new_phdrs, pack_elf_core_headers,
                                 plan_filtered_loads)
 from kdumpy.formats.kdump import ARCHES, MACHINE_WORD, KdumpWriter, vmcoreinfo_desc_offset
-from kdumpy.formats.notes import NT_PRSTATUS, build_notes
-from kdumpy.memory import MACHINE_TO_EM, DumpMemory, ElfMemory, KdumpMemory
+from kdumpy.formats.notes import NT_PRSTATUS
+from kdumpy.dump import MACHINE_TO_EM, Dump
+from kdumpy.kernel import KernelView
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
@@ -102,7 +104,7 @@ def parse_dump_levels(text: str) -> list[int]:
     return levels
 
 
-def _batches(mem: DumpMemory, bitmap: np.ndarray, size: int) -> Iterator[tuple[int, int]]:
+def _batches(mem: Dump, bitmap: np.ndarray, size: int) -> Iterator[tuple[int, int]]:
     for s, e in bm.runs(bitmap, mem.max_pfn):
         for b in range(s, e, size):
             yield b, min(size, e - b)
@@ -153,13 +155,13 @@ class _Encoded:
         self.parts = parts
 
 
-def _encode_job(mem: DumpMemory, job: tuple[tuple[int, int], ...], codec: Codec,
+def _encode_job(mem: Dump, job: tuple[tuple[int, int], ...], codec: Codec,
                 zero_test: bool, page_size: int) -> _Encoded:
     """Read a job's runs (one copy each), find the all-zero pages with one vectorised test
     per run, and compress the others with one C-level map over the batch."""
     ps = page_size
     words = ps // 8
-    read = mem.read_pfns_bytes
+    read = functools.partial(mem.read_pfns_bytes, zero_fill=True)
     pages: list[bytes] = []
     zeros: list[np.ndarray] = []
     total = 0
@@ -210,15 +212,19 @@ def _encode_job(mem: DumpMemory, job: tuple[tuple[int, int], ...], codec: Codec,
     return _Encoded(total, zero, sizes, flags, parts)
 
 
-def _ordered(pool: ThreadPoolExecutor | None, jobs: Iterator[tuple[int, int]], fn: Callable,
-             window: int) -> Iterator[tuple[tuple[int, int], object]]:
+_Job = TypeVar("_Job", bound=tuple[Any, ...])
+_R = TypeVar("_R")
+
+
+def _ordered(pool: ThreadPoolExecutor | None, jobs: Iterator[_Job], fn: Callable[..., _R],
+             window: int) -> Iterator[tuple[_Job, _R]]:
     """Run ``fn(start, count)`` on the pool, yielding results in submission order
     (inline, without a pool, when there is a single thread)."""
     if pool is None:
         for job in jobs:
             yield job, fn(*job)
         return
-    pending: deque[tuple[tuple[int, int], Future]] = deque()
+    pending: deque[tuple[_Job, Future[_R]]] = deque()
     for job in jobs:
         pending.append((job, pool.submit(fn, *job)))
         if len(pending) >= window:
@@ -238,11 +244,11 @@ def _pool(threads: int):
     return ThreadPoolExecutor(max_workers=threads)
 
 
-def _utsname(mem: DumpMemory) -> dict[str, str]:
+def _utsname(mem: Dump) -> dict[str, str]:
     """The header's utsname: the crashed kernel's own, as makedumpfile writes it."""
-    uts = mem.read_kernel_utsname()
+    uts = KernelView(mem).read_kernel_utsname()
     if uts is None:
-        uts = dict(mem.header.utsname) if isinstance(mem, KdumpMemory) else {}
+        uts = dict(mem.utsname)
     vi = mem.vmcoreinfo
     if vi is not None and vi.osrelease and not uts.get("release"):
         uts["release"] = vi.osrelease
@@ -256,12 +262,8 @@ def _utsname(mem: DumpMemory) -> dict[str, str]:
     return uts
 
 
-def _notes_bytes(mem: DumpMemory) -> bytes:
-    if isinstance(mem, ElfMemory):
-        return mem.core.note_bytes
-    if isinstance(mem, KdumpMemory):
-        return mem.files[0].note_bytes
-    return build_notes(mem.notes)
+def _notes_bytes(mem: Dump) -> bytes:
+    return mem.note_bytes
 
 
 class Cycles:
@@ -275,7 +277,7 @@ class Cycles:
     bitmap for 32 GiB) whatever the machine's size.
     """
 
-    def __init__(self, mem: DumpMemory, opts: SaveOptions) -> None:
+    def __init__(self, mem: Dump, opts: SaveOptions) -> None:
         from kdumpy.capture.filter import PageFilter
         self.mem = mem
         self._filter_args = dict(level=opts.dump_level, allow_partial=opts.allow_partial_filter)
@@ -323,7 +325,7 @@ class Cycles:
             yield (lo, hi), part
 
 
-def write_kdump(mem: DumpMemory, sink, opts: SaveOptions, cycles: Cycles,
+def write_kdump(mem: Dump, sink, opts: SaveOptions, cycles: Cycles,
                 progress=None) -> SaveResult:
     """Write ``mem`` as kdump-compressed through ``sink``, cycle by cycle: each cycle's
     bitmap parts, then its pages' descriptors and data."""
@@ -340,8 +342,7 @@ def write_kdump(mem: DumpMemory, sink, opts: SaveOptions, cycles: Cycles,
         max_mapnr=mem.max_pfn, bitmap1=None, bitmap2=None, num_dumpable=cycles.total,
         notes=notes,
         vmcoreinfo_offset_in_notes=vi_off, vmcoreinfo_size=vi_size, utsname=_utsname(mem),
-        crash_time=(vi.crash_time if vi is not None and vi.crash_time else
-                    (mem.header.tv_sec if isinstance(mem, KdumpMemory) else 0)) or 0,
+        crash_time=mem.crash_time or 0,
         codec_flag=codec.flag, dump_level=recorded, phys_base=mem.phys_base or 0,
         nr_cpus=max(1, sum(1 for n in mem.notes if n.type == NT_PRSTATUS and n.name == "CORE")),
         share_zero_page=share_zero)
@@ -379,7 +380,7 @@ def write_kdump(mem: DumpMemory, sink, opts: SaveOptions, cycles: Cycles,
     return SaveResult("", writer.next_rank, zero_pages, writer.data_cursor)
 
 
-def write_elf(mem: DumpMemory, sink, opts: SaveOptions, dumpable: np.ndarray,
+def write_elf(mem: Dump, sink, opts: SaveOptions, dumpable: np.ndarray,
               progress=None) -> SaveResult:
     """Write ``mem`` as an ELF core, splitting PT_LOADs where long runs are excluded."""
     ps = mem.page_size
@@ -388,7 +389,7 @@ def write_elf(mem: DumpMemory, sink, opts: SaveOptions, dumpable: np.ndarray,
     if opts.dump_level & DL_EXCLUDE_ZERO:
         # A pre-pass over the data: ELF has no shared zero page, zero pages are excluded.
         with _pool(opts.threads) as pool:
-            fn = lambda s, n: _zero_mask(mem.read_pfns(s, n))  # noqa: E731
+            fn = lambda s, n: _zero_mask(mem.read_pfns(s, n, zero_fill=True))  # noqa: E731
             trim = _Trimmer(mem)
             for (s, n), zero in _ordered(pool, _batches(mem, keep.copy(), opts.batch_pages), fn,
                                          opts.threads + 2):
@@ -397,11 +398,11 @@ def write_elf(mem: DumpMemory, sink, opts: SaveOptions, dumpable: np.ndarray,
                     zero_pages += int(zero.sum())
                     for a, b in _true_runs(zero):
                         bm.set_range(keep, s + a, s + b, False)
-    if isinstance(mem, ElfMemory):
-        header = ElfHeader(mem.core.header.elfclass, e_machine=mem.core.header.e_machine,
-                           e_flags=mem.core.header.e_flags & ~EF_KDUMP_INCOMPLETE,
-                           osabi=mem.core.header.osabi)
-        segments = [(pa, mem_sz, fsz, va) for pa, mem_sz, fsz, _off, va in mem.segments]
+    if mem.elf_header is not None and mem.load_segments is not None:
+        src = mem.elf_header
+        header = ElfHeader(src.elfclass, e_machine=src.e_machine,
+                           e_flags=src.e_flags & ~EF_KDUMP_INCOMPLETE, osabi=src.osabi)
+        segments = [(pa, mem_sz, fsz, va) for pa, mem_sz, fsz, _off, va in mem.load_segments]
     else:
         elfclass = ELF32LE if MACHINE_WORD.get(mem.machine, 64) == 32 else ELF64LE
         header = ElfHeader(elfclass, e_machine=MACHINE_TO_EM.get(mem.machine, 62))
@@ -452,7 +453,7 @@ def write_elf(mem: DumpMemory, sink, opts: SaveOptions, dumpable: np.ndarray,
             off = int(phdrs[i]["p_offset"])
             for a in range(0, fsz, chunk):
                 n = min(chunk, fsz - a)
-                sink.pwrite(off + a, mem.read_phys(pa + a, n))
+                sink.pwrite(off + a, mem.read_phys(pa + a, n, zero_fill=True))
                 written += -(-n // ps)
                 trim.pages_read(-(-n // ps))
                 if progress is not None:
@@ -470,7 +471,7 @@ class _Trimmer:
 
     TRIM_BYTES = 4 << 20
 
-    def __init__(self, mem: DumpMemory) -> None:
+    def __init__(self, mem: Dump) -> None:
         self.mem = mem
         self.every = max(1, self.TRIM_BYTES // mem.page_size)
         self.count = 0
@@ -488,7 +489,7 @@ def _true_runs(mask: np.ndarray) -> Iterator[tuple[int, int]]:
     return zip(edges[0::2].tolist(), edges[1::2].tolist())
 
 
-def save(mem: DumpMemory, make_target, opts: SaveOptions, progress=None) -> SaveResult:
+def save(mem: Dump, make_target, opts: SaveOptions, progress=None) -> SaveResult:
     """Filter ``mem`` by ``opts.dump_level``, then write it to the target ``make_target()``
     creates (a :mod:`kdumpy.capture.targets` object) and finish it.
 

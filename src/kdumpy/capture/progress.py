@@ -1,4 +1,5 @@
-"""Progress for long captures: a tqdm bar on a terminal, plain periodic lines elsewhere.
+"""Progress for long captures: a tqdm bar on a terminal (if tqdm is installed), plain
+periodic lines elsewhere.
 
 A serial console in the capture kernel is not a TTY; there a line every few seconds
 (percent, MiB/s, ETA) keeps the log readable.
@@ -8,7 +9,17 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Protocol, TextIO
+
+
+class ProgressReporter(Protocol):
+    """What the capture pipeline reports to (:class:`Progress` does it on stderr)."""
+
+    def set_total(self, total_pages: int) -> None: ...
+
+    def advance(self, pages: int) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class Progress:
@@ -25,7 +36,10 @@ class Progress:
         self._last = self.start
         self._bar = None
         if not quiet and self.stream.isatty():
-            from tqdm import tqdm
+            try:
+                from tqdm import tqdm
+            except ImportError:      # an optional extra: plain lines without it
+                return
             self._bar = tqdm(total=total_pages * page_size, unit="B", unit_scale=True,
                              unit_divisor=1024, desc=label, file=self.stream, leave=True)
 

@@ -9,7 +9,7 @@ import sys
 
 def cmd_dmesg(args: argparse.Namespace) -> int:
     from kdumpy.analysis import format_dmesg, read_kernel_log
-    from kdumpy.memory import open_dump
+    from kdumpy.dump import open_dump
     with open_dump(args.dumps) as mem:
         log = read_kernel_log(mem, since_clear=args.since_clear)
     for w in log.warnings:
@@ -21,7 +21,7 @@ def cmd_dmesg(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from kdumpy.analysis import build_report, format_report
-    from kdumpy.memory import open_dump
+    from kdumpy.dump import open_dump
     with open_dump(args.dumps) as mem:
         report = build_report(mem, log_lines=args.lines, vmlinux=args.vmlinux,
                               backtrace=not args.no_backtrace)

@@ -83,7 +83,7 @@ def _run_save(mem, dest: str, *, fmt: str, compress: str, level: int, recorded: 
 
 
 def cmd_save(args: argparse.Namespace) -> int:
-    from kdumpy.memory import open_dump
+    from kdumpy.dump import open_dump
     if len(args.paths) == 1:
         src, dest = DEFAULT_VMCORE, args.paths[0]
     elif len(args.paths) == 2:
@@ -140,7 +140,7 @@ def _save_dmesg(mem, path: str | None, dest: str, force: bool, quiet: bool) -> N
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from kdumpy.memory import open_dump
+    from kdumpy.dump import open_dump
     if len(args.paths) < 2:
         raise KdumpyError("convert takes SRC... DEST")
     *srcs, dest = args.paths
@@ -152,8 +152,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise KdumpyError("-: a stream on stdin can only be reassembled (no --format, "
                           "--compress or -d); reassemble it first, then convert the file")
     with open_dump(srcs) as mem:
-        from kdumpy.memory import KdumpMemory
-        src_level = mem.sub.dump_level if isinstance(mem, KdumpMemory) else 0
+        src_level = mem.dump_level or 0
         level = (args.dump_level or 0) | (src_level & 1)
         fmt = args.format or ("elf" if args.elf32 else "kdump")
         compress = args.compress or ("none" if fmt == "elf" else
@@ -240,7 +239,7 @@ def _gdb_hint(mem) -> dict[str, Any] | None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from kdumpy.memory import open_dump
+    from kdumpy.dump import open_dump
     with open_dump(args.dumps) as mem:
         d = mem.info()
         gdb = _gdb_hint(mem)

@@ -63,8 +63,10 @@ def _lzo_compress(page: bytes) -> bytes:
     global _lzo_compress
     import lzo
     # python-lzo parses its input with "s#", which refuses memoryviews: hand it bytes.
-    _lzo_compress = lambda p: lzo.compress(bytes(p), 1, False)  # noqa: E731  (bind once)
-    return _lzo_compress(page)
+    def compress(page: bytes) -> bytes:       # bound once, in place of this loader
+        return bytes(lzo.compress(bytes(page), 1, False))
+    _lzo_compress = compress
+    return compress(page)
 
 
 def _lzo_compress_pages(pages: list[bytes]) -> list[bytes]:

@@ -13,14 +13,16 @@ after them, with ``e_ehsize`` 8; readers must honour ``e_phoff``.
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass, field, replace
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, cast
 
 import numpy as np
 
 from kdumpy.errors import DumpFormatError
 from kdumpy.formats.notes import Note, parse_notes
+from kdumpy.formats.source import Source, StreamSource, read_exact
 
 ELFMAG = b"\x7fELF"
 ELFCLASS32, ELFCLASS64 = 1, 2
@@ -164,26 +166,52 @@ def elf_core_headers_size(elfclass: ElfClass, n_phdrs: int) -> int:
 
 
 class ElfCore:
-    """Program headers and notes of an ELF core file, read from a seekable stream.
+    """Program headers and notes of an ELF core file, read from a :class:`Source`.
 
     ``corrections`` lists the deviations from the ELF rules that were read anyway
     (QEMU 7.2's layout, for instance), so that ``kdumpy info`` can say what it fixed.
+    A file cut short (the disk filled while it was written) opens up to its last byte:
+    PT_LOAD data past the end is counted in :attr:`truncated_loads` and treated as lost.
     """
 
-    def __init__(self, stream: BinaryIO, *, path: str | None = None, size: int | None = None) -> None:
-        self.stream = stream
-        self.path = path
-        if size is None:
-            stream.seek(0, 2)
-            size = stream.tell()
-        self.file_size = size
+    def __init__(self, src: Source | BinaryIO, *, path: str | None = None) -> None:
+        source = StreamSource(cast(BinaryIO, src), path) if isinstance(src, io.IOBase) else \
+            cast(Source, src)
+        self.src = source
+        path = self.path = source.path
+        size = self.file_size = source.size
         self.corrections: list[str] = []
-        stream.seek(0)
-        head = stream.read(64)
-        self.header = h = ElfHeader.parse(head, path=path)
+        self.header = h = ElfHeader.parse(source.pread(0, 64), path=path)
         ec = h.elfclass
         if h.e_type != ET_CORE:
             raise DumpFormatError(path, "ELF header", 16, f"e_type {h.e_type} is not ET_CORE (4)")
+        self.phdrs = self._read_phdrs()
+        self.phdr_offset = h.e_phoff
+        self._check_segments()
+        #: ``{phdr index: bytes of p_filesz that lie past the end of the file}``
+        self.truncated_loads: dict[int, int] = {}
+        for i in np.nonzero(self.phdrs["p_type"] == PT_LOAD)[0].tolist():
+            ph = self.phdrs[i]
+            missing = int(ph["p_offset"]) + int(ph["p_filesz"]) - size
+            if missing > 0:
+                self.truncated_loads[i] = min(missing, int(ph["p_filesz"]))
+        self.notes: list[Note] = []
+        self.note_segments: list[tuple[int, bytes]] = []
+        for i in np.nonzero(self.phdrs["p_type"] == PT_NOTE)[0].tolist():
+            ph = self.phdrs[i]
+            off, sz = int(ph["p_offset"]), int(ph["p_filesz"])
+            raw = read_exact(source, off, sz, f"program header {int(i)} (PT_NOTE) data")
+            self.note_segments.append((off, raw))
+            self.notes.extend(parse_notes(raw, byteorder=ec.byteorder, path=path, base_offset=off))
+        self.loads = self.phdrs[self.phdrs["p_type"] == PT_LOAD]
+        #: file bytes of each PT_LOAD that landed (``p_filesz`` less what lies past the end)
+        self.load_filesz = [int(ph["p_filesz"]) - self.truncated_loads.get(int(i), 0)
+                            for i, ph in zip(np.nonzero(self.phdrs["p_type"] == PT_LOAD)[0],
+                                             self.loads)]
+
+    def _read_phdrs(self) -> np.ndarray:
+        h, path, size = self.header, self.path, self.file_size
+        ec = h.elfclass
         dt = ec.phdr_dtype
         if h.e_phentsize != dt.itemsize:
             raise DumpFormatError(path, "ELF header", 0x36 if ec.bits == 64 else 0x2a,
@@ -205,38 +233,36 @@ class ElfCore:
                                   f"{phnum} program headers of {dt.itemsize} bytes run past "
                                   f"the end of the {size}-byte file" if phnum else
                                   "no program headers")
-        stream.seek(h.e_phoff)
-        self.phdrs = np.frombuffer(stream.read(end - h.e_phoff), dtype=dt).copy()
-        self.phdr_offset = h.e_phoff
+        raw = read_exact(self.src, h.e_phoff, end - h.e_phoff, "ELF program headers")
+        return np.frombuffer(raw, dtype=dt).copy()
 
-        # Every segment must lie within the file.
-        ends = self.phdrs["p_offset"].astype(np.uint64) + self.phdrs["p_filesz"].astype(np.uint64)
-        bad = np.nonzero((self.phdrs["p_type"] != PT_NULL) & (ends > np.uint64(size)))[0]
-        if len(bad):
-            i = int(bad[0])
-            ph = self.phdrs[i]
-            raise DumpFormatError(
-                path, f"program header {i} ({'PT_LOAD' if ph['p_type'] == PT_LOAD else 'type ' + str(int(ph['p_type']))})",
-                h.e_phoff + i * dt.itemsize,
-                f"segment at file offset {int(ph['p_offset']):#x} + {int(ph['p_filesz']):#x} "
-                f"runs past the end of the {size}-byte file")
-        over = np.nonzero((self.phdrs["p_type"] == PT_LOAD)
-                          & (self.phdrs["p_filesz"] > self.phdrs["p_memsz"]))[0]
-        if len(over):
-            i = int(over[0])
-            raise DumpFormatError(path, f"program header {i} (PT_LOAD)", h.e_phoff + i * dt.itemsize,
-                                  "p_filesz is larger than p_memsz")
-
-        self.notes: list[Note] = []
-        self.note_segments: list[tuple[int, bytes]] = []
-        for i in np.nonzero(self.phdrs["p_type"] == PT_NOTE)[0]:
-            ph = self.phdrs[int(i)]
-            off, sz = int(ph["p_offset"]), int(ph["p_filesz"])
-            stream.seek(off)
-            raw = stream.read(sz)
-            self.note_segments.append((off, raw))
-            self.notes.extend(parse_notes(raw, byteorder=ec.byteorder, path=path, base_offset=off))
-        self.loads = self.phdrs[self.phdrs["p_type"] == PT_LOAD]
+    def _check_segments(self) -> None:
+        """Offsets and sizes as numbers, not as uint64 that wrap: a segment must start
+        inside the file and p_filesz must fit in p_memsz (the file may end early)."""
+        h, path, size = self.header, self.path, self.file_size
+        dt = self.header.elfclass.phdr_dtype
+        for i, ph in enumerate(self.phdrs):
+            ptype = int(ph["p_type"])
+            if ptype == PT_NULL:
+                continue
+            what = f"program header {i} ({'PT_LOAD' if ptype == PT_LOAD else 'type ' + str(ptype)})"
+            off, fsz = int(ph["p_offset"]), int(ph["p_filesz"])
+            at = h.e_phoff + i * dt.itemsize
+            if off + fsz >= 1 << h.elfclass.bits:
+                raise DumpFormatError(path, what, at,
+                                      f"segment at file offset {off:#x} + {fsz:#x} wraps past "
+                                      f"2^{h.elfclass.bits}")
+            if fsz and off >= size and ptype != PT_LOAD:
+                raise DumpFormatError(path, what, at,
+                                      f"segment at file offset {off:#x} + {fsz:#x} runs past "
+                                      f"the end of the {size}-byte file")
+            if ptype == PT_LOAD:
+                if fsz > int(ph["p_memsz"]):
+                    raise DumpFormatError(path, what, at, "p_filesz is larger than p_memsz")
+                if int(ph["p_paddr"]) + int(ph["p_memsz"]) >= 1 << 64:
+                    raise DumpFormatError(path, what, at,
+                                          f"physical range {int(ph['p_paddr']):#x} + "
+                                          f"{int(ph['p_memsz']):#x} wraps past 2^64")
 
     def _phnum_from_section0(self) -> int:
         h = self.header
@@ -244,8 +270,7 @@ class ElfCore:
         if not h.e_shoff or h.e_shoff + ec.shdr.size > self.file_size:
             raise DumpFormatError(self.path, "ELF header", 0,
                                   "e_phnum is PN_XNUM but there is no section header 0")
-        self.stream.seek(h.e_shoff)
-        fields = ec.shdr.unpack(self.stream.read(ec.shdr.size))
+        fields = ec.shdr.unpack(read_exact(self.src, h.e_shoff, ec.shdr.size, "section header 0"))
         return int(fields[7])
 
     @property
@@ -255,7 +280,8 @@ class ElfCore:
 
     @property
     def incomplete(self) -> bool:
-        return bool(self.header.e_flags & EF_KDUMP_INCOMPLETE)
+        """makedumpfile's mark (``e_flags`` bit 0), or PT_LOAD data missing at the end."""
+        return bool(self.header.e_flags & EF_KDUMP_INCOMPLETE) or bool(self.truncated_loads)
 
 
 def plan_filtered_loads(paddr: int, vaddr: int, memsz: int, keep: np.ndarray, page_size: int,

@@ -16,6 +16,7 @@ from typing import BinaryIO
 import numpy as np
 
 from kdumpy.errors import DumpFormatError
+from kdumpy.formats.source import Source
 
 FLAT_SIGNATURE = b"makedumpfile"
 FLAT_HEADER_SIZE = 4096
@@ -100,39 +101,53 @@ class FlattenedImage:
     """Random access to the file a flattened stream describes, without reassembling it.
 
     An index of ``(file offset, size, stream offset)`` pieces is built once by walking the
-    records; where records overlap, the later one wins, as in ``makedumpfile -R``.
-    Reads go through an mmap of the stream.
+    records; where records overlap, the later one wins, as in ``makedumpfile -R``. The index
+    holds three integers per record present and is built in O(n log n) time, whatever
+    offsets the records name. A stream cut short (the disk filled while it was written)
+    opens up to the last byte that landed: :attr:`truncated` is set and what is missing
+    reads as a hole. It is itself a :class:`~kdumpy.formats.source.Source`.
     """
 
-    def __init__(self, buf: memoryview | bytes, *, path: str | None = None) -> None:
-        self.path = path
-        self.buf = buf
-        check_flat_header(bytes(buf[:FLAT_HEADER_SIZE]), path)
+    def __init__(self, src: Source) -> None:
+        self.path = src.path
+        self._src = src
+        check_flat_header(src.pread(0, FLAT_HEADER_SIZE), src.path)
+        #: the stream ends without its ``{-1, -1}`` end marker (cut short)
+        self.truncated = False
+        self.truncated_at: int | None = None
         dst: list[int] = []
         size: list[int] = []
         srcpos: list[int] = []
         pos = FLAT_HEADER_SIZE
-        total = len(buf)
+        total = src.size
         unpack = _REC.unpack_from
+        window = b""
+        wpos = pos
         while True:
             if pos + _REC.size > total:
-                raise DumpFormatError(path, "flattened stream", pos,
-                                      "stream ends without the {-1, -1} end marker")
-            offset, length = unpack(buf, pos)
+                self._cut(pos)
+                break
+            if pos + _REC.size > wpos + len(window):
+                wpos = pos
+                window = src.pread(pos, 1 << 16)
+                if len(window) < _REC.size:
+                    self._cut(pos)
+                    break
+            offset, length = unpack(window, pos - wpos)
             if offset == -1 and length == -1:
                 break
             if offset < 0 or length < 0 or offset + length > MAX_FILE_OFFSET:
-                raise DumpFormatError(path, "flattened record", pos,
+                raise DumpFormatError(self.path, "flattened record", pos,
                                       f"offset {offset} / size {length} is out of range")
-            if pos + _REC.size + length > total:
-                raise DumpFormatError(path, "flattened record", pos,
-                                      f"{length}-byte record runs past the end of the stream")
-            dst.append(offset)
-            size.append(length)
-            srcpos.append(pos + _REC.size)
+            landed = min(length, total - pos - _REC.size)
+            if landed:
+                dst.append(offset)
+                size.append(landed)
+                srcpos.append(pos + _REC.size)
+            if landed < length:
+                self._cut(pos + _REC.size + landed)
+                break
             pos += _REC.size + length
-            if len(dst) % 64 == 0:
-                _drop_mapped(buf)
         d = np.array(dst, dtype=np.int64)
         s = np.array(size, dtype=np.int64)
         p = np.array(srcpos, dtype=np.int64)
@@ -140,79 +155,95 @@ class FlattenedImage:
         d, s, p = d[order], s[order], p[order]
         if len(d) > 1 and np.any(d[:-1] + s[:-1] > d[1:]):
             d, s, p = _paint(dst, size, srcpos)
-        self._dst, self._size, self._src = d, s, p
+        self._dst, self._size, self._srcpos = d, s, p
         self._end = d + s
         self.size = int(self._end.max()) if len(d) else 0
+
+    def _cut(self, pos: int) -> None:
+        self.truncated = True
+        self.truncated_at = pos
 
     def __len__(self) -> int:
         return self.size
 
-    def __getitem__(self, key: slice) -> bytes:
-        start, stop, _ = key.indices(self.size)
-        return self.pread(start, max(0, stop - start))
+    def pieces(self, offset: int, length: int) -> list[tuple[int, int, int]]:
+        """``(file offset, size, stream offset)`` of the records' data within
+        ``[offset, offset+length)`` of the reassembled file, in file order."""
+        end = offset + length
+        i = int(np.searchsorted(self._end, offset, side="right"))
+        j = int(np.searchsorted(self._dst, end, side="left"))
+        out = []
+        for k in range(i, j):
+            lo = max(offset, int(self._dst[k]))
+            hi = min(end, int(self._end[k]))
+            if hi > lo:
+                out.append((lo, hi - lo, int(self._srcpos[k]) + lo - int(self._dst[k])))
+        return out
+
+    def covered(self, offset: int, length: int) -> bool:
+        """Whether records cover every byte of ``[offset, offset+length)``."""
+        return sum(n for _o, n, _s in self.pieces(offset, length)) == length
 
     def pread(self, offset: int, length: int) -> bytes:
         """Bytes ``[offset, offset+length)`` of the reassembled file (holes read as zero)."""
+        length = max(0, min(length, self.size - offset))
+        pieces = self.pieces(offset, length)
+        if len(pieces) == 1 and pieces[0][0] == offset and pieces[0][1] == length:
+            return self._src.pread(pieces[0][2], length)
         out = bytearray(length)
-        end = offset + length
-        i = int(np.searchsorted(self._end, offset, side="right"))
-        n = len(self._dst)
-        pieces = 0
-        while i < n and self._dst[i] < end:
-            pieces += 1
-            if pieces % 64 == 0:  # a read across many records (a descriptor table)
-                _drop_mapped(self.buf)
-            lo = max(offset, int(self._dst[i]))
-            hi = min(end, int(self._end[i]))
-            if hi > lo:
-                sp = int(self._src[i]) + lo - int(self._dst[i])
-                out[lo - offset:hi - offset] = self.buf[sp:sp + hi - lo]
-            i += 1
+        for lo, n, sp in pieces:
+            out[lo - offset:lo - offset + n] = self._src.pread(sp, n)
         return bytes(out)
 
-
-def _drop_mapped(buf) -> None:
-    """Each record header read through an mmap faults in its neighbourhood (fault-around):
-    walking a large stream would map most of it. Drop the mappings as the walk goes."""
-    madvise = getattr(buf, "madvise", None)
-    if madvise is not None:
-        import mmap
-        try:
-            madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError):
-            pass
+    def pread_into(self, offset: int, out: np.ndarray) -> None:
+        """Fill ``out`` (uint8, zeroed by the caller) from ``offset``, touching only the
+        bytes that records cover: a sparse region costs no memory beyond its records."""
+        for lo, n, sp in self.pieces(offset, len(out)):
+            out[lo - offset:lo - offset + n] = np.frombuffer(self._src.pread(sp, n), np.uint8)
 
 
 def _paint(dst: list[int], size: list[int], srcpos: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Resolve overlapping records (later wins) into disjoint sorted pieces."""
-    import bisect
-    starts: list[int] = []
-    pieces: dict[int, tuple[int, int]] = {}  # start -> (end, src)
-    for o, n, sp in zip(dst, size, srcpos):
-        if n == 0:
-            continue
-        e = o + n
-        i = bisect.bisect_left(starts, o)
-        if i > 0:
-            ps = starts[i - 1]
-            pe, psrc = pieces[ps]
-            if pe > o:  # previous piece overlaps our start: cut it
-                pieces[ps] = (o, psrc)
-                if pe > e:
-                    pieces[e] = (pe, psrc + (e - ps))
-                    bisect.insort(starts, e)
-        i = bisect.bisect_left(starts, o)
-        while i < len(starts) and starts[i] < e:
-            ps = starts[i]
-            pe, psrc = pieces.pop(ps)
-            starts.pop(i)
-            if pe > e:
-                pieces[e] = (pe, psrc + (e - ps))
-                bisect.insort(starts, e)
+    """Resolve overlapping records (later wins) into disjoint sorted pieces.
+
+    The records' start and end points cut the file into elementary intervals; the records
+    are then applied latest first, each claiming the intervals no later record claimed
+    (a union-find over "next unclaimed interval" visits each interval once). O(n log n)
+    for the sort, near-linear after it.
+    """
+    d = np.asarray(dst, dtype=np.int64)
+    s = np.asarray(size, dtype=np.int64)
+    p = np.asarray(srcpos, dtype=np.int64)
+    keep = s > 0
+    d, s, p = d[keep], s[keep], p[keep]
+    points = np.unique(np.concatenate((d, d + s)))
+    first = np.searchsorted(points, d).tolist()
+    last = np.searchsorted(points, d + s).tolist()
+    m = len(points) - 1
+    owner = [-1] * m
+    nxt = list(range(m + 1))          # nxt[j]: an unclaimed interval at or after j
+    for k in range(len(first) - 1, -1, -1):
+        j, stop = first[k], last[k]
+        while True:
+            root = j                  # find, then compress the path
+            while nxt[root] != root:
+                root = nxt[root]
+            while nxt[j] != root:
+                nxt[j], j = root, nxt[j]
+            j = root
+            if j >= stop:
                 break
-        bisect.insort(starts, o)
-        pieces[o] = (e, sp)
-    d = np.array(starts, dtype=np.int64)
-    s = np.array([pieces[k][0] - k for k in starts], dtype=np.int64)
-    p = np.array([pieces[k][1] for k in starts], dtype=np.int64)
-    return d, s, p
+            owner[j] = k
+            nxt[j] = j + 1
+    own = np.asarray(owner, dtype=np.int64)
+    pts = points[:-1]
+    claimed = own >= 0
+    pts, own, ends = pts[claimed], own[claimed], points[1:][claimed]
+    src = p[own] + (pts - d[own])
+    # merge neighbours that continue the same record
+    cont = np.zeros(len(pts), dtype=bool)
+    if len(pts) > 1:
+        cont[1:] = (own[1:] == own[:-1]) & (pts[1:] == ends[:-1])
+    starts = np.flatnonzero(~cont)
+    out_d = pts[starts]
+    out_e = np.maximum.reduceat(ends, starts) if len(starts) else ends[:0]
+    return out_d, out_e - out_d, src[starts]

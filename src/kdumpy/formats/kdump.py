@@ -18,9 +18,10 @@ range ``[start_pfn_64, end_pfn_64)``; each file reserves descriptor slots for th
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from kdumpy.errors import DumpFormatError
 from kdumpy.formats import codecs
 from kdumpy.formats.bitmap import bits_range, count_bits
 from kdumpy.formats.notes import Note, VMCOREINFO_NOTE_NAME, parse_notes
+from kdumpy.formats.source import BytesSource, Source, read_exact
 from kdumpy.formats.vmcoreinfo import VmcoreInfo
 
 KDUMP_SIGNATURE = b"KDUMP   "
@@ -35,6 +37,9 @@ DISKDUMP_SIGNATURE = b"DISKDUMP"
 KDUMP_HEADER_VERSION = 6
 UTS_LEN = 65
 UTS_FIELDS = ("sysname", "nodename", "release", "version", "machine", "domainname")
+
+#: the widest physical address of any architecture (x86_64 5-level paging, arm64 52-bit PA)
+MAX_PHYSMEM_BITS = 52
 
 #: number of PFNs whose descriptor-index prefix count is kept (crash's ``valid_pages``)
 PREFIX_BLOCK_PFNS = 4096
@@ -218,19 +223,44 @@ class KdumpLayout:
         return cls(block_size, sub_blocks, 2 * one, num_desc_slots)
 
 
-class KdumpFile:
-    """One file of a kdump-compressed dump, read through a buffer (an mmap or an image).
+#: page sizes a kdump header may give: powers of two from 4 KiB (x86, arm64 4K) to 64 KiB
+#: (arm64 and ppc64 64K pages)
+MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 4096, 65536
+#: descriptors read per step when scanning the whole table
+_DESC_STEP = 1 << 16
 
-    ``buf`` needs ``len()`` and slicing that returns bytes-like objects.
+
+class KdumpFile:
+    """One file of a kdump-compressed dump, read through a :class:`Source`.
+
+    A file cut short (``head -c``, a full disk) opens as long as its headers and bitmaps
+    are whole: descriptors past the end, or pointing at data past the end, are lost pages
+    (as are descriptors with offset 0, which makedumpfile writes for data that never
+    landed), :attr:`truncated` is set, and reading a lost page is the caller's fault to
+    report, never zeros.
     """
 
-    def __init__(self, buf, *, path: str | None = None) -> None:
-        self.path = path
-        self.buf = buf
+    def __init__(self, src: Source | bytes, *, path: str | None = None) -> None:
+        if isinstance(src, (bytes, bytearray, memoryview)):
+            src = BytesSource(src, path)
+        self.src = src
+        self.path = src.path if src.path is not None else path
+        self.file_size = src.size
         self.corrections: list[str] = []
-        size = len(buf)
-        self.file_size = size
-        head = bytes(buf[:4096])
+        self._read_headers()
+        self._read_pfn_range()
+        self._read_notes()
+        self._read_bitmaps()
+        self._index_descriptors()
+        h = self.header
+        self.codec_name = {0: "none"}.get(h.status & codecs.CODEC_FLAGS) or next(
+            (c.name for c in codecs.CODECS.values() if c.flag and h.status & c.flag), "none")
+
+    # -- opening, one structure at a time -------------------------------------------------
+    def _read_headers(self) -> None:
+        """disk_dump_header (block 0) and kdump_sub_header (block 1)."""
+        path, size = self.path, self.file_size
+        head = self.src.pread(0, 4096)
         sig = head[:8]
         if sig not in (KDUMP_SIGNATURE, DISKDUMP_SIGNATURE):
             raise DumpFormatError(path, "disk_dump_header", 0,
@@ -238,9 +268,10 @@ class KdumpFile:
         self.arch = arch = detect_arch(head, path)
         self.header = h = DiskDumpHeader.parse(head, arch, path=path)
         bs = h.block_size
-        if bs <= 0 or bs & (bs - 1) or bs > 1 << 20:
+        if bs < MIN_BLOCK_SIZE or bs > MAX_BLOCK_SIZE or bs & (bs - 1):
             raise DumpFormatError(path, "disk_dump_header", 0x1ac if arch.word == 8 else 0x1a0,
-                                  f"block_size {bs} is not a power of two page size")
+                                  f"block_size {bs} is not a power of two page size from "
+                                  f"{MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE}")
         if h.header_version < 0 or h.header_version > 64:
             raise DumpFormatError(path, "disk_dump_header", 8, f"header_version {h.header_version} is not valid")
         if h.sub_hdr_size < 0 or h.bitmap_blocks == 0 or h.bitmap_blocks % 2:
@@ -250,12 +281,18 @@ class KdumpFile:
         if size < bs * (1 + max(h.sub_hdr_size, 1)):
             raise DumpFormatError(path, "kdump_sub_header", bs,
                                   f"file ends at {size:#x}, before the sub header ends")
-        self.sub = sub = KdumpSubHeader.parse(bytes(buf[bs:bs + arch.sub.size]), arch)
+        self.sub = KdumpSubHeader.parse(read_exact(self.src, bs, arch.sub.size, "kdump_sub_header"),
+                                        arch)
+
+    def _read_pfn_range(self) -> None:
+        """max_mapnr and, in a split file, this file's ``[start_pfn, end_pfn)``."""
+        h, sub, bs = self.header, self.sub, self.header.block_size
         v = h.header_version
-        if v >= 6 and sub.max_mapnr_64:
-            self.max_mapnr = sub.max_mapnr_64
-        else:
-            self.max_mapnr = h.max_mapnr
+        self.max_mapnr = sub.max_mapnr_64 if v >= 6 and sub.max_mapnr_64 else h.max_mapnr
+        if self.max_mapnr > (1 << MAX_PHYSMEM_BITS) // bs:
+            raise DumpFormatError(self.path, "kdump_sub_header", bs + 96,
+                                  f"max_mapnr {self.max_mapnr:#x} is beyond a 52-bit physical "
+                                  "address space")
         if v >= 6 and sub.split:
             self.start_pfn, self.end_pfn = sub.start_pfn_64, sub.end_pfn_64
         elif sub.split and v >= 2:
@@ -263,76 +300,136 @@ class KdumpFile:
         else:
             self.start_pfn, self.end_pfn = 0, self.max_mapnr
         if not (0 <= self.start_pfn <= self.end_pfn <= self.max_mapnr):
-            raise DumpFormatError(path, "kdump_sub_header", bs + 80,
+            raise DumpFormatError(self.path, "kdump_sub_header", bs + 80,
                                   f"PFN range [{self.start_pfn:#x}, {self.end_pfn:#x}) is outside "
                                   f"max_mapnr {self.max_mapnr:#x}")
 
-        # Notes and vmcoreinfo.
+    def _read_notes(self) -> None:
+        """The PT_NOTE copy, VMCOREINFO and eraseinfo that the sub header points at."""
+        sub, arch, bs, v = self.sub, self.arch, self.header.block_size, self.header.header_version
         self.notes: list[Note] = []
         self.note_bytes = b""
         self.vmcoreinfo: VmcoreInfo | None = None
         if v >= 4 and sub.size_note:
             self.note_bytes = self._region(sub.offset_note, sub.size_note, "notes (offset_note)",
                                            bs + (48 if arch.word == 8 else 28))
-            self.notes = parse_notes(self.note_bytes, byteorder=arch.byteorder, path=path,
+            self.notes = parse_notes(self.note_bytes, byteorder=arch.byteorder, path=self.path,  # type: ignore[arg-type]
                                      base_offset=sub.offset_note)
         if v >= 3 and sub.size_vmcoreinfo:
             raw = self._region(sub.offset_vmcoreinfo, sub.size_vmcoreinfo,
                                "vmcoreinfo (offset_vmcoreinfo)", bs + 32)
-            self.vmcoreinfo = VmcoreInfo.parse(raw, path=path, offset=sub.offset_vmcoreinfo)
+            self.vmcoreinfo = VmcoreInfo.parse(raw, path=self.path, offset=sub.offset_vmcoreinfo)
         else:
             for n in self.notes:
                 if n.name == VMCOREINFO_NOTE_NAME:
-                    self.vmcoreinfo = VmcoreInfo.parse(n.desc, path=path)
+                    self.vmcoreinfo = VmcoreInfo.parse(n.desc, path=self.path)
         self.eraseinfo = b""
         if v >= 5 and sub.size_eraseinfo:
             self.eraseinfo = self._region(sub.offset_eraseinfo, sub.size_eraseinfo,
                                           "eraseinfo", bs + 64)
 
-        # Bitmaps.
+    def _read_bitmaps(self) -> None:
+        """Bitmap 1 and 2, read whole (the bytes up to max_mapnr): both must be in the file."""
+        h, bs = self.header, self.header.block_size
         nbytes_one = h.bitmap_blocks // 2 * bs
         self.layout = KdumpLayout(bs, h.sub_hdr_size, h.bitmap_blocks, 0)
         if nbytes_one * 8 < self.max_mapnr:
-            raise DumpFormatError(path, "bitmap", self.layout.bitmap1_offset,
+            raise DumpFormatError(self.path, "bitmap", self.layout.bitmap1_offset,
                                   f"each bitmap holds {nbytes_one * 8} bits, fewer than "
                                   f"max_mapnr {self.max_mapnr}")
-        if self.layout.desc_offset > size:
-            raise DumpFormatError(path, "bitmap", self.layout.bitmap1_offset,
+        if self.layout.desc_offset > self.file_size:
+            raise DumpFormatError(self.path, "bitmap", self.layout.bitmap1_offset,
                                   f"bitmaps end at {self.layout.desc_offset:#x}, past the end of "
-                                  f"the {size}-byte file")
-        self.bitmap1 = self._array(self.layout.bitmap1_offset, np.dtype(np.uint8), nbytes_one)
-        self.bitmap2 = self._array(self.layout.bitmap2_offset, np.dtype(np.uint8), nbytes_one)
-        # Prefix counts of bitmap 2 per PREFIX_BLOCK_PFNS, from this file's start_pfn.
+                                  f"the {self.file_size}-byte file")
+        used = (self.max_mapnr + 7) >> 3
+        self.bitmap1 = self._read_bytes(self.layout.bitmap1_offset, used, "bitmap 1")
+        self.bitmap2 = self._read_bytes(self.layout.bitmap2_offset, used, "bitmap 2")
+
+    def _index_descriptors(self) -> None:
+        """Prefix counts of bitmap 2, and how much of the descriptor table landed."""
         self._prefix = self._prefix_counts()
         self.num_dumpable = int(self._prefix[-1])
         self.desc_offset = self.layout.desc_offset
-        desc_bytes = self.num_dumpable * 24
-        if self.desc_offset + desc_bytes > size:
-            raise DumpFormatError(path, "page_desc table", self.desc_offset,
-                                  f"{self.num_dumpable} descriptors run past the end of the "
-                                  f"{size}-byte file")
-        self.descs = self._array(self.desc_offset, arch.desc_dtype, self.num_dumpable)
-        self.codec_name = {0: "none"}.get(h.status & codecs.CODEC_FLAGS) or next(
-            (c.name for c in codecs.CODECS.values() if c.flag and h.status & c.flag), "none")
+        #: descriptors wholly inside the file
+        self.descs_in_file = min(self.num_dumpable,
+                                 max(0, (self.file_size - self.desc_offset) // 24))
+        self._lost: int | None = None
+        #: the file ends before its last page's descriptor or data (cut short)
+        self.truncated = self.descs_in_file < self.num_dumpable or self._data_cut()
 
-    def _array(self, offset: int, dtype: np.dtype, count: int) -> np.ndarray:
-        """An array over the file: zero-copy on an mmap, read once from a flattened image."""
-        if hasattr(self.buf, "pread"):
-            return np.frombuffer(self.buf.pread(offset, count * dtype.itemsize), dtype=dtype)
-        return np.frombuffer(self.buf, dtype=dtype, count=count, offset=offset)
+    def _data_cut(self) -> bool:
+        """Whether the last stored page's data runs past the end of the file. Data is
+        written in PFN order, so the last descriptor not pointing at the shared zero page
+        holds the highest offset."""
+        n = self.descs_in_file
+        while n > 0:
+            lo = max(0, n - _DESC_STEP)
+            d = self.desc_range(lo, n)
+            offs = d["offset"].astype(np.int64)
+            real = np.flatnonzero(offs > 0)
+            if len(real):
+                ends = offs[real] + d["size"][real].astype(np.int64)
+                return bool(ends.max() > self.file_size)
+            n = lo
+        return False
+
+    # -- reading ---------------------------------------------------------------------------
+    def _read_bytes(self, offset: int, count: int, what: str) -> np.ndarray:
+        pread_into = getattr(self.src, "pread_into", None)
+        if pread_into is None:
+            return np.frombuffer(read_exact(self.src, offset, count, what), dtype=np.uint8)
+        # A flattened image fills in only the records present. Anonymous memory that is
+        # never written costs nothing (numpy's own large arrays are advised to use huge
+        # pages, so each record written would cost 2 MiB).
+        anon = mmap.mmap(-1, max(count, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        out = np.frombuffer(anon, dtype=np.uint8, count=count)
+        pread_into(offset, out)
+        return out
+
+    def desc_range(self, lo: int, hi: int) -> np.ndarray:
+        """Descriptors ``[lo, hi)`` of this file; those past the end of the file read as
+        zeros (offset 0: lost)."""
+        dt = self.arch.desc_dtype
+        out = np.zeros(hi - lo, dtype=dt)
+        n = max(0, min(hi, self.descs_in_file) - lo)
+        if n:
+            raw = read_exact(self.src, self.desc_offset + 24 * lo, 24 * n, "page_desc table")
+            out[:n] = np.frombuffer(raw, dtype=dt)
+        return out
+
+    @property
+    def descs(self) -> np.ndarray:
+        """The whole descriptor table (read on each use; for small files and tests)."""
+        return self.desc_range(0, self.num_dumpable)
 
     def _region(self, offset: int, size: int, what: str, field_offset: int) -> bytes:
         if offset < 0 or size < 0 or offset + size > self.file_size:
             raise DumpFormatError(self.path, f"kdump_sub_header {what}", field_offset,
                                   f"region [{offset:#x}, +{size:#x}) lies outside the "
                                   f"{self.file_size}-byte file")
-        return bytes(self.buf[offset:offset + size])
+        return read_exact(self.src, offset, size, what)
 
     def _prefix_counts(self) -> np.ndarray:
         """prefix[k] = dumpable pages in [start_pfn, start_pfn + k*PREFIX_BLOCK_PFNS)."""
         n = self.end_pfn - self.start_pfn
         nblocks = -(-n // PREFIX_BLOCK_PFNS)
         out = np.zeros(nblocks + 1, dtype=np.int64)
+        if self.start_pfn % 8 == 0 and hasattr(np, "bitwise_count"):
+            # whole bytes: a popcount per byte, summed per block, no unpacking
+            first = self.start_pfn >> 3
+            per = PREFIX_BLOCK_PFNS >> 3
+            for b0 in range(0, nblocks, 4096):
+                lo = first + b0 * per
+                hi = min(first + (b0 + 4096) * per, (self.end_pfn + 7) >> 3)
+                raw = np.asarray(self.bitmap2[lo:hi], dtype=np.uint8).copy()
+                if hi == (self.end_pfn + 7) >> 3 and self.end_pfn & 7:
+                    raw[-1] &= (1 << (self.end_pfn & 7)) - 1
+                pad = (-len(raw)) % per
+                if pad:
+                    raw = np.concatenate((raw, np.zeros(pad, dtype=np.uint8)))
+                sums = np.bitwise_count(raw).reshape(-1, per).sum(axis=1, dtype=np.int64)
+                out[b0 + 1:b0 + 1 + len(sums)] = sums
+            return np.cumsum(out)
         step = PREFIX_BLOCK_PFNS * 256
         for b0 in range(0, nblocks, 256):
             s = self.start_pfn + b0 * PREFIX_BLOCK_PFNS
@@ -347,7 +444,8 @@ class KdumpFile:
 
     @property
     def incomplete(self) -> bool:
-        return bool(self.header.status & codecs.DUMP_DH_COMPRESSED_INCOMPLETE)
+        """makedumpfile's COMPRESSED_INCOMPLETE mark, or a file cut short."""
+        return bool(self.header.status & codecs.DUMP_DH_COMPRESSED_INCOMPLETE) or self.truncated
 
     def ranks(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         """For PFNs ``[start, start+count)`` inside this file: dumpable mask and descriptor index."""
@@ -359,11 +457,31 @@ class KdumpFile:
         idx = base + before + np.cumsum(bits, dtype=np.int64) - bits
         return bits, idx
 
+    def _descs_for(self, idx: np.ndarray) -> np.ndarray:
+        if len(idx) == 0:
+            return np.zeros(0, dtype=self.arch.desc_dtype)
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        return self.desc_range(lo, hi)[idx - lo]
+
+    def _lost_mask(self, d: np.ndarray) -> np.ndarray:
+        offs = d["offset"].astype(np.int64)
+        return (offs == 0) | (offs + d["size"].astype(np.int64) > self.file_size)
+
+    def stored_bits(self, start: int, count: int) -> np.ndarray:
+        """Bool per PFN of ``[start, start+count)``: set in bitmap 2 and its data in the
+        file (not lost)."""
+        bits, idx = self.ranks(start, count)
+        sel = np.flatnonzero(bits)
+        if len(sel):
+            bits = bits.copy()
+            bits[sel[self._lost_mask(self._descs_for(idx[sel]))]] = False
+        return bits
+
     def read_pages(self, start: int, count: int, out: np.ndarray, want: np.ndarray | None = None) -> np.ndarray:
         """Decode dumpable pages of ``[start, start+count)`` into ``out`` (count x page).
 
         Returns the mask of pages that hold data (dumpable and not lost). Pages not
-        dumpable are left as they are in ``out``.
+        dumpable, and lost pages, are left as they are in ``out``.
         """
         bs = self.header.block_size
         bits, idx = self.ranks(start, count)
@@ -373,27 +491,30 @@ class KdumpFile:
         sel = np.flatnonzero(bits)
         if len(sel) == 0:
             return have
-        d = self.descs[idx[sel]]
+        d = self._descs_for(idx[sel])
         offs = d["offset"].astype(np.int64)
         sizes = d["size"].astype(np.int64)
         flags = d["flags"]
-        lost = offs == 0
-        bad = (~lost) & ((offs < self.desc_offset) | (offs + sizes > self.file_size) | (sizes > bs)
-                         | (sizes <= 0))
+        lost = self._lost_mask(d)
+        bad = (~lost) & ((offs < self.desc_offset) | (sizes > bs) | (sizes <= 0))
         if bad.any():
             j = int(np.flatnonzero(bad)[0])
             pfn = start + int(sel[j])
             raise DumpFormatError(self.path, f"page_desc of PFN {pfn:#x}",
                                   self.desc_offset + 24 * int(idx[sel[j]]),
                                   f"data at {int(offs[j]):#x} size {int(sizes[j])} is outside the "
-                                  f"file (size {self.file_size}) or larger than a page")
+                                  f"file's data area (size {self.file_size}) or larger than a page")
         fetch = self._span_reader(offs[~lost], sizes[~lost])
         flat = out.reshape(count, bs)
-        for j, (i, o, n, fl, gone) in enumerate(zip(sel.tolist(), offs.tolist(), sizes.tolist(),
-                                                   flags.tolist(), lost.tolist())):
+        for i, o, n, fl, gone in zip(sel.tolist(), offs.tolist(), sizes.tolist(),
+                                     flags.tolist(), lost.tolist()):
             if gone:
                 continue
             raw = fetch(o, n)
+            if len(raw) != n:
+                raise DumpFormatError(self.path, f"page data of PFN {start + i:#x}", o,
+                                      f"file ends {len(raw)} bytes into a {n}-byte page "
+                                      "(it shrank after it was opened)")
             if fl == 0:
                 if n != bs:
                     raise DumpFormatError(self.path, f"page_desc of PFN {start + i:#x}",
@@ -410,26 +531,25 @@ class KdumpFile:
             have[i] = True
         return have
 
-    def _span_reader(self, offs: np.ndarray, sizes: np.ndarray):
+    def _span_reader(self, offs: np.ndarray, sizes: np.ndarray) -> Callable[[int, int], bytes]:
         """A ``(offset, size) -> bytes`` reader for one batch's page data.
 
-        On an mmap slicing is free. On a flattened image each read is an index look-up, so
-        the batch's data (contiguous in PFN order, apart from the shared zero page at the
-        start of the data area) is fetched with one read.
+        A batch's data is contiguous in PFN order, apart from the shared zero page at the
+        start of the data area, so it is fetched with one read (two with the zero page).
         """
-        buf = self.buf
-        if not hasattr(buf, "pread") or len(offs) == 0:
-            return lambda o, n: buf[o:o + n]
+        src = self.src
+        if len(offs) == 0:
+            return lambda o, n: src.pread(o, n)
         first = int(offs.min())
-        rest = offs[offs != first]
-        cache = {first: buf.pread(first, int(sizes[offs == first].max()))}
-        if len(rest) == 0:
+        cache = {first: src.pread(first, int(sizes[offs == first].max()))}
+        rest = offs != first
+        if not rest.any():
             return lambda o, n: cache[o][:n]
-        lo = int(rest.min())
-        hi = int((rest + sizes[offs != first]).max())
+        lo = int(offs[rest].min())
+        hi = int((offs[rest] + sizes[rest]).max())
         if hi - lo > 64 << 20:
-            return lambda o, n: buf.pread(o, n)
-        blob = buf.pread(lo, hi - lo)
+            return lambda o, n: src.pread(o, n)
+        blob = src.pread(lo, hi - lo)
 
         def read(o: int, n: int) -> bytes:
             if o == first:
@@ -438,22 +558,35 @@ class KdumpFile:
         return read
 
     def lost_pages(self) -> int:
-        """Descriptors with offset 0: pages whose data never landed (incomplete dump)."""
-        total = 0
-        step = 1 << 20
-        for i in range(0, self.num_dumpable, step):
-            total += int(np.count_nonzero(self.descs["offset"][i:i + step] == 0))
-        return total
+        """Pages whose data never landed: descriptors with offset 0 (makedumpfile's
+        incomplete dump), past the end of the file, or pointing past it."""
+        if self._lost is None:
+            total = self.num_dumpable - self.descs_in_file
+            for i in range(0, self.descs_in_file, _DESC_STEP):
+                d = self.desc_range(i, min(self.descs_in_file, i + _DESC_STEP))
+                total += int(np.count_nonzero(self._lost_mask(d)))
+            self._lost = total
+        return self._lost
 
 
 def order_split_files(files: Sequence[KdumpFile]) -> list[KdumpFile]:
-    """Sort a split set by start PFN and check that it is one whole dump."""
+    """Sort a split set by start PFN and check that it is one whole dump: every file of a
+    ``--split`` set repeats the same headers (utsname, crash time, block size, max_mapnr)
+    and the same notes, which hold the crash's VMCOREINFO and registers."""
     fs = sorted(files, key=lambda f: f.start_pfn)
     first = fs[0]
     for f in fs[1:]:
-        if f.max_mapnr != first.max_mapnr or f.header.block_size != first.header.block_size:
+        differ = [what for what, a, b in (
+            ("max_mapnr", f.max_mapnr, first.max_mapnr),
+            ("block size", f.header.block_size, first.header.block_size),
+            ("utsname", f.header.utsname, first.header.utsname),
+            ("crash time", (f.header.tv_sec, f.header.tv_usec),
+             (first.header.tv_sec, first.header.tv_usec)),
+            ("notes", f.note_bytes, first.note_bytes)) if a != b]
+        if differ:
             raise DumpFormatError(f.path, "kdump_sub_header", f.header.block_size,
-                                  "split file belongs to another dump (max_mapnr or block size differ)")
+                                  f"split file belongs to another dump ({', '.join(differ)} "
+                                  f"differ from {first.path})")
     expect = 0
     for f in fs:
         if f.start_pfn != expect:
@@ -530,9 +663,13 @@ class KdumpWriter:
         used = (self.max_mapnr + 7) >> 3
         for i in (0, 1):
             off = lay.bitmap1_offset + i * nbytes
-            if self._bitmaps[i] is not None:
-                self._put_bits(off, 0, self._bitmaps[i][:used])
-            if used < nbytes:
+            whole = self._bitmaps[i]
+            if whole is not None:
+                self._put_bits(off, 0, whole[:used])
+            if used < nbytes and getattr(sink, "seekable", False):
+                # a new file reads zeros where nothing was written: one byte sets its size
+                sink.pwrite(off + nbytes - 1, b"\0")
+            elif used < nbytes:
                 pad = nbytes - used
                 for s in range(0, pad, 1 << 22):
                     sink.pwrite(off + used + s, bytes(min(1 << 22, pad - s)))
@@ -556,8 +693,12 @@ class KdumpWriter:
         if self.max_mapnr & 7 and first_byte + len(raw) == used and len(raw):
             raw = raw.copy()
             raw[-1] &= (1 << (self.max_mapnr & 7)) - 1
+        sparse = getattr(self.sink, "seekable", False)
         for s in range(0, len(raw), 1 << 22):
-            self.sink.pwrite(offset + first_byte + s, raw[s:s + (1 << 22)].tobytes())
+            part = raw[s:s + (1 << 22)]
+            if sparse and not part.any() and first_byte + s + len(part) < self.layout.bitmap_len:
+                continue      # left a hole in the new file: no gigabytes of zeros on disk
+            self.sink.pwrite(offset + first_byte + s, part.tobytes())
 
     def write_stored(self, count: int, zero: np.ndarray | None, sizes: np.ndarray,
                      flags: np.ndarray, parts: list) -> None:
@@ -584,7 +725,7 @@ class KdumpWriter:
             descs["size"][keep] = sizes
             descs["flags"][keep] = flags
         desc_at = self.layout.desc_offset + 24 * self.next_rank
-        self.sink.pwrite(desc_at, memoryview(descs).cast("B"))
+        self.sink.pwrite(desc_at, descs.data.cast("B"))
         if stored:
             try:
                 self.sink.pwritev(self.data_cursor, parts)

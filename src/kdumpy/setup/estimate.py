@@ -163,10 +163,10 @@ def initramfs_unpacked_size(path: str) -> tuple[int, str]:
                 continue
             if not head:
                 return total, "unpacked cpio size"
-            n = _decompressed_length(head[:8], _read_chunks(f, head))
-            if n is None:
+            unpacked = _decompressed_length(head[:8], _read_chunks(f, head))
+            if unpacked is None:
                 return total + (size - pos) * 4, "cpio size + 4 x compressed remainder"
-            return total + n, "unpacked cpio size"
+            return total + unpacked, "unpacked cpio size"
         return size * 3, "3 x file size"
 
 

@@ -152,7 +152,7 @@ class Kexec:
                 self.file_load(kernel, initrd, cmdline)
                 return self._loaded(LoadResult(METHOD_FILE, kernel, initrd, cmdline, notes))
             except OSError as exc:
-                why = f"kexec_file_load: {os.strerror(exc.errno)}: {explain_errno(exc.errno)}"
+                why = f"kexec_file_load: {os.strerror(exc.errno or 0)}: {explain_errno(exc.errno or 0)}"
                 locked = lockdown not in (None, "none")
                 if method == METHOD_FILE or exc.errno not in FALLBACK_ERRNOS:
                     raise KexecError(why) from None
@@ -223,8 +223,8 @@ class Kexec:
                 method = METHOD_FILE
             except OSError as exc:
                 if method == METHOD_FILE or exc.errno not in (E.ENOSYS,):
-                    raise KexecError(f"kexec_file_load unload: {os.strerror(exc.errno)}: "
-                                     f"{explain_errno(exc.errno)}") from None
+                    raise KexecError(f"kexec_file_load unload: {os.strerror(exc.errno or 0)}: "
+                                     f"{explain_errno(exc.errno or 0)}") from None
                 self._run_kexec([self.kexec_binary, "-p", "-u", "--kexec-syscall"], "unload")
                 method = METHOD_KEXEC
         state.clear_load_record(self.paths)

@@ -1,4 +1,4 @@
-"""x86_64 kernel virtual-to-physical translation from VMCOREINFO alone.
+"""x86_64: kernel address translation, register layout and the numbers kdumpy needs.
 
 Kernel facts (``arch/x86/include/asm/pgtable_types.h``, ``arch/x86/kernel/vmcore_info_64.c``,
 ``arch/x86/mm/init_64.c``):
@@ -12,6 +12,11 @@ Kernel facts (``arch/x86/include/asm/pgtable_types.h``, ``arch/x86/kernel/vmcore
 - An entry is present if bit 0 is set; bit 7 (PSE) in a PUD maps a 1 GiB page, in a PMD a
   2 MiB page. The next table's (or frame's) address is bits 12..51, with the SME/SEV
   encryption bit (``NUMBER(sme_mask)``) cleared.
+- ``MAX_PHYSMEM_BITS`` (``arch/x86/include/asm/sparsemem.h``) is 46 with 4-level paging
+  and 52 with 5-level; kernels export it as ``NUMBER(MAX_PHYSMEM_BITS)``.
+- ``NT_PRSTATUS`` holds ``struct elf_prstatus`` of 336 bytes with ``pr_reg`` (27 longs in
+  ``user_regs_struct`` order) at 112 (:data:`kdumpy.formats.notes.PRSTATUS_LAYOUTS` [62]).
+- ``kexec_file_load`` is system call 320 (``arch/x86/entry/syscalls/syscall_64.tbl``).
 """
 
 from __future__ import annotations
@@ -21,11 +26,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kdumpy.errors import KdumpyError
+from kdumpy.formats.notes import PRSTATUS_LAYOUTS, PrstatusLayout
+from kdumpy.formats.vmcoreinfo import VmcoreInfo
 
 if TYPE_CHECKING:
-    from kdumpy.memory import DumpMemory
+    from kdumpy.dump import Dump
 
+NAME = "x86_64"
+#: ``e_machine`` of x86_64 ELF cores (EM_X86_64)
+EM = 62
 START_KERNEL_MAP = 0xFFFFFFFF80000000
+PAGE_SIZE = 4096
+#: ``kexec_file_load`` system call number
+SYS_KEXEC_FILE_LOAD = 320
+PRSTATUS: PrstatusLayout = PRSTATUS_LAYOUTS[EM]
 PTE_PRESENT = 1 << 0
 PTE_PSE = 1 << 7
 ADDR_MASK = 0x000FFFFFFFFFF000
@@ -35,10 +49,33 @@ class TranslationError(KdumpyError):
     """A kernel virtual address is not mapped (or its page tables are not in the dump)."""
 
 
-class X86_64PageTables:
+def max_physmem_bits(vi: VmcoreInfo | None) -> int:
+    """``MAX_PHYSMEM_BITS`` of the crashed kernel: VMCOREINFO's number, else 52 (5-level
+    paging; 46 when VMCOREINFO says 5-level paging is off)."""
+    if vi is not None:
+        try:
+            n = vi.number("MAX_PHYSMEM_BITS")
+            if n is not None and 32 <= n <= 52:
+                return n
+            if vi.number("pgtable_l5_enabled") == 0:
+                return 46
+        except KdumpyError:
+            pass
+    return 52
+
+
+def kernel_image_to_phys(vaddr: int, phys_base: int | None) -> int | None:
+    """``__phys_addr_nodebug`` for the kernel image: ``va - __START_KERNEL_map +
+    phys_base`` (``NUMBER(phys_base)``, signed, KASLR included), or None below the image."""
+    if vaddr >= START_KERNEL_MAP and phys_base is not None:
+        return vaddr - START_KERNEL_MAP + phys_base
+    return None
+
+
+class PageTables:
     """Walks the crashed kernel's page tables, caching table pages and large mappings."""
 
-    def __init__(self, mem: "DumpMemory") -> None:
+    def __init__(self, mem: "Dump", phys_base: int | None) -> None:
         vi = mem.vmcoreinfo
         if vi is None:
             raise KdumpyError(f"{mem.path}: no VMCOREINFO: cannot translate kernel addresses")
@@ -48,7 +85,6 @@ class X86_64PageTables:
             root = vi.symbol("init_level4_pgt")
         if root is None:
             raise KdumpyError(f"{mem.path}: VMCOREINFO lacks SYMBOL(init_top_pgt)")
-        phys_base = mem.phys_base
         if phys_base is None:
             raise KdumpyError(f"{mem.path}: VMCOREINFO lacks NUMBER(phys_base)")
         self.phys_base = phys_base
