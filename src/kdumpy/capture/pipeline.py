@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kdumpy.capture.elf_gdb import check_elf32, check_elf32_file_size, elf_segments
+from kdumpy.capture.page_classes import MAX_DUMP_LEVEL, DumpLevel, MissingKeyError
 from kdumpy.errors import KdumpyError
 from kdumpy.formats import bitmap as bm
 from kdumpy.formats.codecs import CODECS, Codec
@@ -37,13 +38,12 @@ from kdumpy.memory import MACHINE_TO_EM, DumpMemory, ElfMemory, KdumpMemory
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
 
-#: Dump level bits (makedumpfile ``-d``).
-DL_EXCLUDE_ZERO = 1
-DL_EXCLUDE_CACHE = 2
-DL_EXCLUDE_CACHE_PRI = 4
-DL_EXCLUDE_USER_DATA = 8
-DL_EXCLUDE_FREE = 16
-MAX_DUMP_LEVEL = 31
+#: Dump level bits (makedumpfile ``-d``): :class:`~kdumpy.capture.page_classes.DumpLevel`.
+DL_EXCLUDE_ZERO = DumpLevel.ZERO
+DL_EXCLUDE_CACHE = DumpLevel.CACHE
+DL_EXCLUDE_CACHE_PRI = DumpLevel.CACHE_PRI
+DL_EXCLUDE_USER_DATA = DumpLevel.USER
+DL_EXCLUDE_FREE = DumpLevel.FREE
 
 
 def usable_cpus() -> int:
@@ -313,12 +313,19 @@ class Cycles:
             yield from zip(self.bounds, self._parts)
             return
         from kdumpy.capture.filter import PageFilter
-        again = PageFilter(self.mem, **self._filter_args)  # type: ignore[arg-type]
+        try:
+            again = PageFilter(self.mem, **self._filter_args)  # type: ignore[arg-type]
+        except Exception as exc:
+            raise FilterFailed(f"{self.mem.path}: filtering again failed: {_what(exc)}") from exc
         for (lo, hi), want in zip(self.bounds, self.counts):
-            part = again.bitmap(lo, hi)
+            try:
+                part = again.bitmap(lo, hi)
+            except Exception as exc:
+                raise FilterFailed(f"{self.mem.path}: filtering PFNs {lo:#x}-{hi - 1:#x} "
+                                   f"again failed: {_what(exc)}") from exc
             got = bm.count_bits(part, 0, hi - lo)
             if got != want:
-                raise KdumpyError(f"{self.mem.path}: PFNs {lo:#x}-{hi - 1:#x} filtered to "
+                raise FilterFailed(f"{self.mem.path}: PFNs {lo:#x}-{hi - 1:#x} filtered to "
                                   f"{got} pages on the second pass, {want} on the first")
             yield (lo, hi), part
 
@@ -332,17 +339,19 @@ def write_kdump(mem: DumpMemory, sink, opts: SaveOptions, cycles: Cycles,
     notes = _notes_bytes(mem)
     from kdumpy.formats.notes import parse_notes
     vi_off, vi_size = vmcoreinfo_desc_offset(parse_notes(notes, byteorder=mem.byteorder))  # type: ignore[arg-type]
-    vi = mem.vmcoreinfo
     share_zero = bool(opts.dump_level & DL_EXCLUDE_ZERO)
     recorded = opts.dump_level if opts.recorded_dump_level is None else opts.recorded_dump_level
+    arch = ARCHES[MACHINE_WORD.get(mem.machine, 64)]
+    notes_out: list[str] = []
     writer = KdumpWriter(
-        sink, arch=ARCHES[MACHINE_WORD.get(mem.machine, 64)], page_size=ps,
+        sink, arch=arch, page_size=ps,
         max_mapnr=mem.max_pfn, bitmap1=None, bitmap2=None, num_dumpable=cycles.total,
         notes=notes,
-        vmcoreinfo_offset_in_notes=vi_off, vmcoreinfo_size=vi_size, utsname=_utsname(mem),
-        crash_time=(vi.crash_time if vi is not None and vi.crash_time else
-                    (mem.header.tv_sec if isinstance(mem, KdumpMemory) else 0)) or 0,
-        codec_flag=codec.flag, dump_level=recorded, phys_base=mem.phys_base or 0,
+        vmcoreinfo_offset_in_notes=vi_off, vmcoreinfo_size=vi_size,
+        utsname=_header_utsname(mem, notes_out),
+        crash_time=_header_crash_time(mem, arch.word, notes_out),
+        codec_flag=codec.flag, dump_level=recorded,
+        phys_base=_header_phys_base(mem, arch.word, notes_out),
         nr_cpus=max(1, sum(1 for n in mem.notes if n.type == NT_PRSTATUS and n.name == "CORE")),
         share_zero_page=share_zero)
     writer.write_headers()
@@ -370,13 +379,66 @@ def write_kdump(mem: DumpMemory, sink, opts: SaveOptions, cycles: Cycles,
                 trim.pages_read(n)
                 if progress is not None:
                     progress.advance(n)
+        writer.finish()
     except BaseException:
         writer.mark_incomplete()
         raise
     finally:
         if gc_was_enabled:
             gc.enable()
-    return SaveResult("", writer.next_rank, zero_pages, writer.data_cursor)
+    return SaveResult("", writer.next_rank, zero_pages, writer.data_cursor, notes=notes_out)
+
+
+def _what(exc: BaseException) -> str:
+    """An exception as one line: its message, and its type where the message alone would
+    not say what went wrong (an exception that is not one of kdumpy's own)."""
+    if isinstance(exc, KdumpyError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _header_utsname(mem: DumpMemory, notes: list[str]) -> dict[str, str]:
+    """The header's utsname (:func:`_utsname`); read from the crashed kernel's memory, so a
+    failure leaves the fields that need no reading and is noted."""
+    try:
+        return _utsname(mem)
+    except Exception as exc:  # noqa: BLE001 - kernel memory may hold anything
+        notes.append(f"utsname not read from the crashed kernel: {_what(exc)}")
+        vi = mem.vmcoreinfo
+        return {"sysname": "Linux", "machine": mem.machine, "version": "unknown",
+                "release": (vi.osrelease or "") if vi is not None else ""}
+
+
+def _header_crash_time(mem: DumpMemory, word: int, notes: list[str]) -> int:
+    """``tv_sec`` of the header: VMCOREINFO's CRASHTIME (or the source header's); a value
+    the header's signed ``word``-byte field cannot hold is written as 0 and noted."""
+    vi = mem.vmcoreinfo
+    try:
+        t = vi.crash_time if vi is not None and vi.crash_time else \
+            (mem.header.tv_sec if isinstance(mem, KdumpMemory) else 0)
+    except Exception as exc:  # noqa: BLE001 - VMCOREINFO text from a crashed kernel
+        notes.append(f"CRASHTIME not read: {_what(exc)}")
+        return 0
+    t = t or 0
+    if not isinstance(t, int) or not 0 <= t < 1 << (8 * word - 1):
+        notes.append(f"CRASHTIME {t} does not fit the header's tv_sec; written as 0")
+        return 0
+    return t
+
+
+def _header_phys_base(mem: DumpMemory, word: int, notes: list[str]) -> int:
+    """phys_base for the sub header, an unsigned long holding a two's-complement value."""
+    try:
+        pb = mem.phys_base or 0
+    except Exception as exc:  # noqa: BLE001
+        notes.append(f"phys_base not read: {_what(exc)}")
+        return 0
+    if not -(1 << (8 * word - 1)) <= pb < 1 << (8 * word):
+        notes.append(f"phys_base {pb:#x} does not fit the sub header; written as 0")
+        return 0
+    return pb
 
 
 def write_elf(mem: DumpMemory, sink, opts: SaveOptions, dumpable: np.ndarray,
@@ -441,6 +503,10 @@ def write_elf(mem: DumpMemory, sink, opts: SaveOptions, dumpable: np.ndarray,
         cursor += fsz
     if header.elfclass.bits == 32:
         check_elf32_file_size(cursor)
+    # e_flags carries the incomplete mark from the first byte written until the last page
+    # has landed (a kill or a power loss leaves a marked file)
+    clean_flags = header.e_flags & ~EF_KDUMP_INCOMPLETE
+    header.e_flags = clean_flags | EF_KDUMP_INCOMPLETE
     header_bytes = pack_elf_core_headers(header, phdrs)
     sink.pwrite(0, header_bytes)
     sink.pwrite(head_size, notes)
@@ -457,6 +523,11 @@ def write_elf(mem: DumpMemory, sink, opts: SaveOptions, dumpable: np.ndarray,
                 trim.pages_read(-(-n // ps))
                 if progress is not None:
                     progress.advance(-(-n // ps))
+        sync = getattr(sink, "sync", None)
+        if sync is not None:
+            sync()
+        header.e_flags = clean_flags
+        sink.pwrite(0, pack_elf_core_headers(header, phdrs)[:header.elfclass.ehdr.size])
     except BaseException:
         if getattr(sink, "seekable", False):
             header.e_flags |= EF_KDUMP_INCOMPLETE
@@ -504,8 +575,14 @@ def save(mem: DumpMemory, make_target, opts: SaveOptions, progress=None) -> Save
         if opts.format != "elf":
             raise KdumpyError("--elf32: ELF32 headers are for ELF output (--format elf)")
         check_elf32(mem)
-    cycles = Cycles(mem, opts)
-    filt = cycles.filter.result(np.zeros(0, dtype=np.uint8))
+    try:
+        cycles = Cycles(mem, opts)
+        filt = cycles.filter.result(np.zeros(0, dtype=np.uint8))
+    except MissingKeyError:
+        raise
+    except Exception as exc:  # the crashed kernel's struct pages may hold anything
+        raise FilterFailed(f"{mem.path}: filtering at dump level {opts.dump_level} failed: "
+                           f"{_what(exc)}") from exc
     if opts.recorded_dump_level is None:
         opts.recorded_dump_level = filt.level
     if progress is not None:
@@ -520,16 +597,26 @@ def save(mem: DumpMemory, make_target, opts: SaveOptions, progress=None) -> Save
         res.path = target.commit()
     except BaseException as exc:
         left = target.abandon()
-        if left is None or not isinstance(exc, (OSError, KdumpyError)):
+        if left is None or not isinstance(exc, Exception):
             raise
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else _what(exc)
         raise DumpIncomplete(f"{left}: dump not finished ({why}); the partial dump is kept "
-                             "under this name, marked incomplete") from exc
+                             "under this name, marked incomplete", left) from exc
     res.dump_level = filt.level
     res.excluded = dict(filt.excluded)
-    res.notes = list(filt.notes)
+    res.notes = list(filt.notes) + res.notes
     return res
 
 
 class DumpIncomplete(KdumpyError):
-    """The dump could not be finished; the partial file is left as ``DEST.incomplete``."""
+    """The dump could not be finished; the partial file is left as ``DEST.incomplete``
+    (:attr:`left` names it)."""
+
+    def __init__(self, message: str, left: str | None = None) -> None:
+        super().__init__(message)
+        self.left = left
+
+
+class FilterFailed(KdumpyError):
+    """Page filtering failed on the crashed kernel's data (mem_section, struct page, a
+    VMCOREINFO value out of range): a lower dump level may still save the dump."""

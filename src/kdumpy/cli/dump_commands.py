@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import sys
@@ -48,11 +47,10 @@ def _target(dest: str, fmt: str, force: bool):
     return LocalTarget(dest, force=force, flattened=(fmt == "flat"))
 
 
-def _run_save(mem, dest: str, *, fmt: str, compress: str, level: int, recorded: int | None,
-              force: bool, threads: int | None, quiet: bool, label: str,
-              allow_partial: bool = False, elf32: bool = False,
-              cyclic_kib: int | None = None) -> int:
-    from kdumpy.capture.pipeline import SaveOptions, check_dump_level, save, usable_cpus
+def _save_options(mem, *, fmt: str, compress: str, level: int, recorded: int | None,
+                  threads: int | None, allow_partial: bool = False, elf32: bool = False,
+                  cyclic_kib: int | None = None):
+    from kdumpy.capture.pipeline import SaveOptions, check_dump_level, usable_cpus
     check_dump_level(level)
     if fmt == "elf" and compress != "none":
         raise KdumpyError(f"--compress {compress}: ELF dumps hold raw pages; "
@@ -65,20 +63,56 @@ def _run_save(mem, dest: str, *, fmt: str, compress: str, level: int, recorded: 
         if cyclic_kib <= 0:
             raise KdumpyError(f"--cyclic-buffer {cyclic_kib}: must be a positive number of KiB")
         opts.cycle_pfns, opts.bitmap_budget = cyclic_kib * 8192, 0
+    return opts
+
+
+def _stderr(msg: str) -> None:
+    print(f"kdumpy: {msg}", file=sys.stderr, flush=True)
+
+
+def _run_levels(mem, dest: str, levels: list[int], *, fmt: str, compress: str,
+                recorded: int | None, force: bool, threads: int | None, quiet: bool,
+                label: str, policy, allow_partial: bool = False, elf32: bool = False,
+                cyclic_kib: int | None = None) -> int:
+    """Save ``mem`` to ``dest`` through the shared save policy (:mod:`kdumpy.capture.policy`):
+    the level list, its ENOSPC retry and the fallback to plain copies after a filtering
+    failure."""
+    from kdumpy.capture.policy import Terminated, end_on_signals
     if dest == "-" and fmt == "kdump":
         fmt = "flat"
-    progress = _progress(mem.count_dumpable(), mem.page_size, quiet or dest == "-", label)
+    for level in levels:       # every level checked before anything is written
+        _save_options(mem, fmt=fmt, compress=compress, level=level, recorded=recorded,
+                      threads=threads, allow_partial=allow_partial, elf32=elf32,
+                      cyclic_kib=cyclic_kib)
+
+    def options(level: int):
+        return _save_options(mem, fmt=fmt, compress=compress, level=level, recorded=recorded,
+                             threads=threads, allow_partial=allow_partial, elf32=elf32,
+                             cyclic_kib=cyclic_kib)
+
+    def progress():
+        return _progress(mem.count_dumpable(), mem.page_size, quiet or dest == "-", label)
+
+    def discard(path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
     try:
-        res = save(mem, lambda: _target(dest, fmt, force), opts, progress)
-    finally:
-        progress.close()
+        with end_on_signals():
+            res = policy.save_vmcore(mem, levels, lambda: _target(dest, fmt, force), options,
+                                     progress, discard)
+    except Terminated as exc:
+        _stderr(f"{exc}: save stopped; a partial dump is left as .incomplete, marked "
+                "incomplete")
+        return 128 + exc.signum
     for note in res.notes:
-        print(f"kdumpy: note: {note}", file=sys.stderr)
+        _stderr(f"note: {note}")
     if not quiet and dest != "-":
         excl = ", ".join(f"{k} {v}" for k, v in res.excluded.items()) or "none"
-        print(f"kdumpy: wrote {res.path}: dump level {res.dump_level}, {res.pages_written} pages "
-              f"({res.zero_pages} zero), {res.bytes_written} bytes; excluded pages: {excl}",
-              file=sys.stderr)
+        _stderr(f"wrote {res.path}: dump level {res.dump_level}, {res.pages_written} pages "
+                f"({res.zero_pages} zero), {res.bytes_written} bytes; excluded pages: {excl}")
     return 0
 
 
@@ -90,53 +124,56 @@ def cmd_save(args: argparse.Namespace) -> int:
         src, dest = args.paths
     else:
         raise KdumpyError("save takes [SRC] DEST")
-    from kdumpy.capture.pipeline import DumpIncomplete, parse_dump_levels
+    from kdumpy.capture.pipeline import parse_dump_levels
+    from kdumpy.capture.policy import SavePolicy
     levels = parse_dump_levels(args.dump_level)
     fmt = args.format or ("elf" if args.elf32 else "kdump")
     compress = args.compress or ("none" if fmt == "elf" else "lzo")
     if fmt == "elf" and compress != "none":
         raise KdumpyError(f"--compress {compress}: ELF dumps hold raw pages; "
                           "use --format kdump or flat to compress")
+    policy = SavePolicy(log=lambda m: _stderr(f"warning: {m}"))
     with open_dump(src) as mem:
-        from kdumpy.capture.filter import check_filter_keys
-        check_filter_keys(mem, levels[0], allow_partial=args.allow_partial_filter)
+        from kdumpy.capture.filter import MissingKeyError, check_filter_keys
+        try:
+            check_filter_keys(mem, levels[0], allow_partial=args.allow_partial_filter)
+        except MissingKeyError:
+            raise              # a level the kernel cannot support: the user's choice to make
+        except Exception:      # noqa: BLE001 - garbage VMCOREINFO: the save falls back
+            pass
         if dest != "-" and not args.no_dmesg:
-            _save_dmesg(mem, args.dmesg or None, dest, args.force, args.quiet)
-        for i, level in enumerate(levels):
-            try:
-                return _run_save(mem, dest, fmt=fmt, compress=compress, level=level,
-                                 recorded=None, force=args.force, threads=args.threads,
-                                 quiet=args.quiet, label="saving",
-                                 allow_partial=args.allow_partial_filter, elf32=args.elf32,
-                                 cyclic_kib=args.cyclic_buffer)
-            except DumpIncomplete as exc:
-                cause = exc.__cause__
-                last = i == len(levels) - 1
-                if last or not (isinstance(cause, OSError) and cause.errno == errno.ENOSPC):
-                    raise
-                os.unlink(dest + ".incomplete")
-                print(f"kdumpy: {dest}: no space left at dump level {level}; retrying at "
-                      f"level {levels[i + 1]}", file=sys.stderr)
-    return 1
+            _save_dmesg(mem, args.dmesg or None, dest, args.force, args.quiet, policy)
+        return _run_levels(mem, dest, levels, fmt=fmt, compress=compress, recorded=None,
+                           force=args.force, threads=args.threads, quiet=args.quiet,
+                           label="saving", policy=policy,
+                           allow_partial=args.allow_partial_filter, elf32=args.elf32,
+                           cyclic_kib=args.cyclic_buffer)
 
 
-def _save_dmesg(mem, path: str | None, dest: str, force: bool, quiet: bool) -> None:
+def _save_dmesg(mem, path: str | None, dest: str, force: bool, quiet: bool, policy) -> None:
     """The kernel log first, as kdumpctl does: if the dump cannot be finished, the log that
-    explains the crash is already on disk. A log that cannot be read is a warning."""
-    from kdumpy.analysis import format_dmesg, read_kernel_log
+    explains the crash is already on disk. A log that cannot be read, or written, is a
+    warning: the dump matters more."""
     from kdumpy.capture.targets import dmesg_path_for, write_file_atomic
     target = path or dmesg_path_for(dest)
     if os.path.lexists(dest) and not force:
         return  # the dump itself will be refused; leave everything as it is
-    try:
-        log = read_kernel_log(mem)
-        data = format_dmesg(log)
-    except KdumpyError as exc:
-        print(f"kdumpy: warning: no kernel log saved: {exc}", file=sys.stderr)
+    data, records = policy.kernel_log(mem)
+    if data is None:
         return
-    written = write_file_atomic(target, data, replace=force)
+    try:
+        written = write_file_atomic(target, data, replace=force)
+    except (OSError, KdumpyError) as exc:
+        policy.note(f"kernel log not written: {describe_os_error(exc)}")
+        return
     if not quiet:
-        print(f"kdumpy: wrote {written} ({len(log.records)} log records)", file=sys.stderr)
+        _stderr(f"wrote {written} ({records} log records)")
+
+
+def describe_os_error(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
+    return str(exc)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -158,11 +195,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
         fmt = args.format or ("elf" if args.elf32 else "kdump")
         compress = args.compress or ("none" if fmt == "elf" else
                                      mem.compression if mem.format == "kdump" else "lzo")
-        return _run_save(mem, dest, fmt=fmt, compress=compress,
-                         level=level & 1 if args.dump_level is None else args.dump_level,
-                         recorded=src_level | level, force=args.force, threads=args.threads,
-                         quiet=args.quiet, label="converting", elf32=args.elf32,
-                         cyclic_kib=args.cyclic_buffer)
+        from kdumpy.capture.policy import SavePolicy
+        return _run_levels(mem, dest,
+                           [level & 1 if args.dump_level is None else args.dump_level],
+                           fmt=fmt, compress=compress, recorded=src_level | level,
+                           force=args.force, threads=args.threads, quiet=args.quiet,
+                           label="converting", policy=SavePolicy(log=lambda m: None),
+                           elf32=args.elf32, cyclic_kib=args.cyclic_buffer)
 
 
 def _is_flattened_source(src: str) -> bool:

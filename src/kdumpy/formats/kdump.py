@@ -522,7 +522,11 @@ class KdumpWriter:
         self.next_rank = 0
 
     def write_headers(self) -> None:
+        """Headers, notes and (when given whole) the bitmaps. The header goes out with
+        ``DUMP_DH_COMPRESSED_INCOMPLETE`` set: only :meth:`finish` clears it, once every page
+        has landed, so a file cut short by a kill or a power loss is marked incomplete."""
         lay, bs, sink = self.layout, self.page_size, self.sink
+        self.header.status |= codecs.DUMP_DH_COMPRESSED_INCOMPLETE
         sink.pwrite(0, self.header.pack(self.arch).ljust(bs, b"\0"))
         sub = self.sub.pack(self.arch) + self._notes
         sink.pwrite(lay.sub_offset, sub.ljust(lay.sub_hdr_size * bs, b"\0"))
@@ -599,6 +603,17 @@ class KdumpWriter:
                 raise
         self.data_cursor += stored
         self.next_rank += count
+
+    def finish(self) -> None:
+        """Clear the incomplete mark: the data is synced first (a sink with ``sync``), so
+        the cleared header never reaches the disk ahead of the pages it vouches for. On a
+        flattened stream the clean header is one more record for offset 0, which replaces
+        the first on reassembly (later records win)."""
+        sync = getattr(self.sink, "sync", None)
+        if sync is not None:
+            sync()
+        self.header.status &= ~codecs.DUMP_DH_COMPRESSED_INCOMPLETE
+        self.sink.pwrite(0, self.header.pack(self.arch))
 
     def mark_incomplete(self) -> None:
         """Set COMPRESSED_INCOMPLETE in the header (only a seekable sink can go back)."""
