@@ -140,21 +140,53 @@ def _zero_mask(pages: np.ndarray) -> np.ndarray:
 
 class _Encoded:
     """One job's pages as stored: ``zero`` marks the pages that point at the shared zero
-    page; ``sizes``/``flags``/``parts`` describe the others, in PFN order."""
+    page, ``lost`` those whose data the source had lost (written as lost again: descriptor
+    offset 0); ``sizes``/``flags``/``parts`` describe the others, in PFN order."""
 
-    __slots__ = ("pages", "zero", "sizes", "flags", "parts")
+    __slots__ = ("pages", "zero", "sizes", "flags", "parts", "lost")
 
     def __init__(self, pages: int, zero: np.ndarray | None, sizes: np.ndarray, flags: np.ndarray,
-                 parts: list) -> None:
+                 parts: list, lost: np.ndarray | None = None) -> None:
         self.pages = pages
         self.zero = zero
         self.sizes = sizes
         self.flags = flags
         self.parts = parts
+        self.lost = lost
+
+
+LostFinder = Callable[[int, int], "np.ndarray | None"]
+
+
+def lost_finder(mem: DumpMemory) -> LostFinder | None:
+    """``lost(start, count)``: which PFNs of a kdump-compressed source have a descriptor
+    with offset 0 (data that never landed: the source is incomplete); None when the source
+    has no lost page. A lost page reads as zeros; a copy must keep it lost, never turn it
+    into data."""
+    files = getattr(mem, "files", None)
+    if not files or not all(hasattr(f, "ranks") and hasattr(f, "descs") for f in files):
+        return None
+    try:
+        if not mem.lost_pages():  # type: ignore[attr-defined]
+            return None
+    except Exception:  # noqa: BLE001 - a reader that cannot count offers no lost pages
+        return None
+
+    def lost(start: int, count: int) -> np.ndarray | None:
+        out = np.zeros(count, dtype=bool)
+        for f in files:
+            s, e = max(start, f.start_pfn), min(start + count, f.end_pfn)
+            if s < e:
+                bits, idx = f.ranks(s, e - s)
+                sel = np.flatnonzero(bits)
+                if len(sel):
+                    out[s - start + sel] = f.descs["offset"][idx[sel]] == 0
+        return out if out.any() else None
+    return lost
 
 
 def _encode_job(mem: DumpMemory, job: tuple[tuple[int, int], ...], codec: Codec,
-                zero_test: bool, page_size: int) -> _Encoded:
+                zero_test: bool, page_size: int, lost_fn: LostFinder | None = None) -> _Encoded:
     """Read a job's runs (one copy each), find the all-zero pages with one vectorised test
     per run, and compress the others with one C-level map over the batch."""
     ps = page_size
@@ -162,21 +194,38 @@ def _encode_job(mem: DumpMemory, job: tuple[tuple[int, int], ...], codec: Codec,
     read = mem.read_pfns_bytes
     pages: list[bytes] = []
     zeros: list[np.ndarray] = []
+    losts: list[np.ndarray] = []
     total = 0
     any_zero = False
+    any_lost = False
     for start, count in job:
         data = read(start, count)
         total += count
-        if zero_test:
-            # OR of each page's words (twice as fast as any(), which casts to bool first)
-            ored = _or_words(np.frombuffer(data, dtype=np.uint64).reshape(count, words), axis=1)
-            zeros.append(ored)
-            keep = np.flatnonzero(ored)
+        gone = lost_fn(start, count) if lost_fn is not None else None
+        if zero_test or gone is not None:
+            if zero_test:
+                # OR of each page's words (twice as fast as any(), which casts to bool first)
+                zmask = _or_words(np.frombuffer(data, dtype=np.uint64).reshape(count, words),
+                                  axis=1) == 0
+            else:
+                zmask = np.zeros(count, dtype=bool)
+            if gone is not None:
+                zmask &= ~gone
+                any_lost = True
+                losts.append(gone)
+            else:
+                losts.append(np.zeros(count, dtype=bool))
+            zeros.append(zmask)
+            skip = zmask if gone is None else (zmask | gone)
+            keep = np.flatnonzero(~skip)
             if len(keep) < count:
-                any_zero = True
+                any_zero = any_zero or bool(zmask.any())
                 offs = keep * ps
                 pages.extend(map(data.__getitem__, map(slice, offs.tolist(), (offs + ps).tolist())))
                 continue
+        else:
+            zeros.append(np.zeros(count, dtype=bool))
+            losts.append(np.zeros(count, dtype=bool))
         if count == 1:
             pages.append(data)
         else:
@@ -184,12 +233,15 @@ def _encode_job(mem: DumpMemory, job: tuple[tuple[int, int], ...], codec: Codec,
                                                    range(ps, (count + 1) * ps, ps))))
     zero = None
     if any_zero:
-        zero = (np.concatenate(zeros) if len(zeros) > 1 else zeros[0]) == 0
+        zero = np.concatenate(zeros) if len(zeros) > 1 else zeros[0]
+    lost = None
+    if any_lost:
+        lost = np.concatenate(losts) if len(losts) > 1 else losts[0]
     n = len(pages)
     flag = codec.flag
     if flag == 0:
         return _Encoded(total, zero, np.full(n, ps, dtype=np.int64), np.zeros(n, dtype=np.uint32),
-                        pages)
+                        pages, lost)
     try:
         parts = codec.compress_many(pages)
     except Exception:  # a codec error on some page: that page is stored raw
@@ -207,7 +259,7 @@ def _encode_job(mem: DumpMemory, job: tuple[tuple[int, int], ...], codec: Codec,
             parts[i] = pages[i]
         sizes[raw] = ps
         flags[raw] = 0
-    return _Encoded(total, zero, sizes, flags, parts)
+    return _Encoded(total, zero, sizes, flags, parts, lost)
 
 
 def _ordered(pool: ThreadPoolExecutor | None, jobs: Iterator[tuple[int, int]], fn: Callable,
@@ -363,6 +415,9 @@ def write_kdump(mem: DumpMemory, sink, opts: SaveOptions, cycles: Cycles,
                 yield lo + s, lo + e
 
     zero_pages = 0
+    lost_pages = 0
+    lost_fn = lost_finder(mem)
+    source_incomplete = bool(getattr(mem, "incomplete", False))
     trim = _Trimmer(mem)
     # The loop makes no reference cycles but allocates many tracked objects (page lists,
     # slices): without the cycle collector's passes it runs measurably faster.
@@ -370,16 +425,24 @@ def write_kdump(mem: DumpMemory, sink, opts: SaveOptions, cycles: Cycles,
     gc.disable()
     try:
         with _pool(opts.threads) as pool:
-            fn = lambda *job: _encode_job(mem, job, codec, share_zero, ps)  # noqa: E731
+            fn = lambda *job: _encode_job(mem, job, codec, share_zero, ps, lost_fn)  # noqa: E731
             for _job, enc in _ordered(pool, _jobs(runs(), opts.batch_pages), fn,
                                       opts.threads + 2):
-                writer.write_stored(enc.pages, enc.zero, enc.sizes, enc.flags, enc.parts)
+                writer.write_stored(enc.pages, enc.zero, enc.sizes, enc.flags, enc.parts,
+                                    lost=enc.lost)
                 n = enc.pages
-                zero_pages += n - len(enc.parts)
+                nlost = int(enc.lost.sum()) if enc.lost is not None else 0
+                lost_pages += nlost
+                zero_pages += n - len(enc.parts) - nlost
                 trim.pages_read(n)
                 if progress is not None:
                     progress.advance(n)
-        writer.finish()
+        if source_incomplete or lost_pages:
+            # the copy of an incomplete dump is incomplete: the mark set at the start stays
+            notes_out.append(f"the source is marked incomplete ({lost_pages} pages lost); so "
+                             "is this copy")
+        else:
+            writer.finish()
     except BaseException:
         writer.mark_incomplete()
         raise
@@ -447,6 +510,17 @@ def write_elf(mem: DumpMemory, sink, opts: SaveOptions, dumpable: np.ndarray,
     ps = mem.page_size
     keep = dumpable.copy()
     zero_pages = 0
+    lost_fn = lost_finder(mem)
+    source_incomplete = bool(getattr(mem, "incomplete", False)) or lost_fn is not None
+    if lost_fn is not None:
+        # ELF has no lost page: one whose data the source lost is left out of the PT_LOADs
+        # (never written as zeros), and the copy keeps the incomplete mark
+        for s, e in list(bm.runs(keep, mem.max_pfn)):
+            for b in range(s, e, 1 << 20):
+                gone = lost_fn(b, min(1 << 20, e - b))
+                if gone is not None:
+                    for a, z in _true_runs(gone):
+                        bm.set_range(keep, b + a, b + z, False)
     if opts.dump_level & DL_EXCLUDE_ZERO:
         # A pre-pass over the data: ELF has no shared zero page, zero pages are excluded.
         with _pool(opts.threads) as pool:
@@ -523,11 +597,12 @@ def write_elf(mem: DumpMemory, sink, opts: SaveOptions, dumpable: np.ndarray,
                 trim.pages_read(-(-n // ps))
                 if progress is not None:
                     progress.advance(-(-n // ps))
-        sync = getattr(sink, "sync", None)
-        if sync is not None:
-            sync()
-        header.e_flags = clean_flags
-        sink.pwrite(0, pack_elf_core_headers(header, phdrs)[:header.elfclass.ehdr.size])
+        if not source_incomplete:
+            sync = getattr(sink, "sync", None)
+            if sync is not None:
+                sync()
+            header.e_flags = clean_flags
+            sink.pwrite(0, pack_elf_core_headers(header, phdrs)[:header.elfclass.ehdr.size])
     except BaseException:
         if getattr(sink, "seekable", False):
             header.e_flags |= EF_KDUMP_INCOMPLETE

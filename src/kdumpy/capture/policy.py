@@ -81,6 +81,9 @@ class SavePolicy:
         def read() -> tuple[bytes, int]:
             from kdumpy.analysis.kernel_log import format_dmesg, read_kernel_log
             log = read_kernel_log(mem)
+            if not log.records and not log.raw:
+                raise KdumpyError(f"{mem.path}: no kernel log record could be read"
+                                  + (f" ({'; '.join(log.warnings)})" if log.warnings else ""))
             return format_dmesg(log), len(log.records)
         got = self.stage("kernel log", read)
         return (None, 0) if got is None else got

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 from typing import Any
 
@@ -133,6 +134,9 @@ def cmd_save(args: argparse.Namespace) -> int:
         raise KdumpyError(f"--compress {compress}: ELF dumps hold raw pages; "
                           "use --format kdump or flat to compress")
     policy = SavePolicy(log=lambda m: _stderr(f"warning: {m}"))
+    check_random_access([src])
+    if dest != "-":
+        _check_not_own_source([src], dest)
     with open_dump(src) as mem:
         from kdumpy.capture.filter import MissingKeyError, check_filter_keys
         try:
@@ -176,18 +180,67 @@ def describe_os_error(exc: BaseException) -> str:
     return str(exc)
 
 
+def check_random_access(paths: list[str] | tuple[str, ...]) -> None:
+    """Refuse, before opening it, a source that is not a regular file or a block device: a
+    pipe, FIFO, socket or character device cannot be mapped, and opening a FIFO without a
+    writer would block forever. Only ``convert`` streams (a flattened source)."""
+    for p in paths:
+        if p == "-":
+            raise KdumpyError("-: a dump on stdin can only be reassembled from the flattened "
+                              "format (kdumpy convert - DEST)")
+        try:
+            st = os.stat(p)
+        except OSError as exc:
+            raise KdumpyError(f"{p}: {exc.strerror}") from None
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            kind = ("a pipe or FIFO" if stat.S_ISFIFO(st.st_mode) else
+                    "a directory" if stat.S_ISDIR(st.st_mode) else
+                    "a socket" if stat.S_ISSOCK(st.st_mode) else "a character device")
+            raise KdumpyError(f"{p}: {kind}: reading a dump needs random access; only a "
+                              "flattened stream can be read from a pipe (kdumpy convert SRC "
+                              "DEST reassembles it)")
+
+
+def _check_not_own_source(srcs: list[str], dest: str) -> None:
+    """``convert`` never writes over its own input: DEST, or DEST's ``.incomplete``
+    temporary name, must not be one of the sources (same path, or same file by a link)."""
+    if dest == "-":
+        return
+    from kdumpy.capture.targets import INCOMPLETE_SUFFIX
+    dest_abs = os.path.realpath(dest)
+    names = {dest_abs, dest_abs + INCOMPLETE_SUFFIX}
+    for src in srcs:
+        if src == "-":
+            continue
+        real = os.path.realpath(src)
+        same = real in names
+        if not same:
+            for n in (dest, dest + INCOMPLETE_SUFFIX):
+                try:
+                    same = same or os.path.samefile(src, n)
+                except OSError:
+                    pass
+        if same:
+            raise KdumpyError(f"{dest}: is the source {src} (or its temporary name); convert "
+                              "to another file")
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from kdumpy.memory import open_dump
     if len(args.paths) < 2:
         raise KdumpyError("convert takes SRC... DEST")
     *srcs, dest = args.paths
+    _check_not_own_source(srcs, dest)
     plain_reassembly = (args.format is None and args.compress is None and args.dump_level is None
                         and not args.elf32)
-    if len(srcs) == 1 and plain_reassembly and _is_flattened_source(srcs[0]):
-        return _reassemble(srcs[0], dest, args.force)
+    if len(srcs) == 1 and plain_reassembly:
+        stream = _open_flattened_source(srcs[0])
+        if stream is not None:
+            return _reassemble(stream, srcs[0], dest, args.force)
     if "-" in srcs:
         raise KdumpyError("-: a stream on stdin can only be reassembled (no --format, "
                           "--compress or -d); reassemble it first, then convert the file")
+    check_random_access(srcs)
     with open_dump(srcs) as mem:
         from kdumpy.memory import KdumpMemory
         src_level = mem.sub.dump_level if isinstance(mem, KdumpMemory) else 0
@@ -204,33 +257,103 @@ def cmd_convert(args: argparse.Namespace) -> int:
                            elf32=args.elf32, cyclic_kib=args.cyclic_buffer)
 
 
-def _is_flattened_source(src: str) -> bool:
-    from kdumpy.formats.flattened import is_flattened
+def _open_flattened_source(src: str):
+    """The source as an open binary stream if it is a flattened stream, else None.
+
+    The first bytes are peeked, not consumed, so a pipe (``-``, ``<(...)``, a FIFO) is read
+    once, from the start. A FIFO is opened without blocking (no writer yet: an empty
+    stream, reported as such) and then read blocking."""
+    from kdumpy.formats.flattened import FLAT_SIGNATURE, is_flattened
     if src == "-":
-        return True
+        return sys.stdin.buffer
     try:
-        with open(src, "rb") as f:
-            return is_flattened(f.read(16))
+        st = os.stat(src)
+        fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC
+                     | (os.O_NONBLOCK if stat.S_ISFIFO(st.st_mode) else 0))
     except OSError as exc:
         raise KdumpyError(f"{src}: {exc.strerror}") from None
+    if stat.S_ISFIFO(st.st_mode):
+        os.set_blocking(fd, True)
+    f = os.fdopen(fd, "rb", buffering=1 << 20)
+    try:
+        head = f.peek(len(FLAT_SIGNATURE) + 4)[:16]
+    except OSError as exc:
+        f.close()
+        raise KdumpyError(f"{src}: {exc.strerror}") from None
+    if is_flattened(head):
+        return f
+    seekable = stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)
+    f.close()
+    if not seekable:
+        raise KdumpyError(f"{src}: not a flattened stream, and a pipe or FIFO can carry only "
+                          "that format (other formats need random access)")
+    return None
 
 
-def _reassemble(src: str, dest: str, force: bool) -> int:
+def _reassemble(stream, src: str, dest: str, force: bool) -> int:
+    """makedumpfile -R: apply the records to DEST (``-``: standard output; a stream that
+    cannot seek gets the flattened records passed through, checked, unchanged)."""
     from kdumpy.capture.targets import LocalTarget
     from kdumpy.formats.flattened import reassemble
-    target = LocalTarget(dest, force=force)
+    name = "<stdin>" if src == "-" else src
     try:
-        if src == "-":
-            reassemble(sys.stdin.buffer, target.fd, path="<stdin>")
-        else:
-            with open(src, "rb") as f:
-                reassemble(f, target.fd, path=src)
-    except BaseException:
-        left = target.abandon()
-        if left is not None:
-            os.unlink(left)  # a half-reassembled file has no incomplete mark: do not leave it
-        raise
-    target.commit()
+        if dest == "-":
+            return _flattened_to_stdout(stream, name)
+        target = LocalTarget(dest, force=force)
+        try:
+            reassemble(stream, target.fd, path=name)
+        except BaseException:
+            left = target.abandon()
+            if left is not None:
+                os.unlink(left)  # a half-reassembled file has no incomplete mark: do not leave it
+            raise
+        target.commit()
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    return 0
+
+
+def _flattened_to_stdout(stream, name: str) -> int:
+    from kdumpy.formats.flattened import reassemble
+    out = sys.stdout.buffer
+    out.flush()
+    if out.isatty():
+        raise KdumpyError("-: refusing to write a dump to a terminal; redirect stdout")
+    try:
+        seekable = stat.S_ISREG(os.fstat(out.fileno()).st_mode)
+    except (OSError, ValueError):
+        seekable = False
+    if seekable:
+        reassemble(stream, out.fileno(), path=name)
+        return 0
+    from kdumpy.formats.flattened import FLAT_END, _REC, check_flat_header
+    head = stream.read(4096)
+    check_flat_header(head, name)
+    out.write(head)
+    pos = len(head)
+    while True:
+        rec = stream.read(_REC.size)
+        if len(rec) != _REC.size:
+            raise KdumpyError(f"{name}: flattened stream at offset {pos:#x}: stream ends "
+                              "before the end marker")
+        out.write(rec)
+        if rec == FLAT_END:
+            break
+        offset, size = _REC.unpack(rec)
+        if offset < 0 or size < 0:
+            raise KdumpyError(f"{name}: flattened record at offset {pos:#x}: offset {offset} "
+                              f"/ size {size} is out of range")
+        pos += _REC.size
+        while size:
+            piece = stream.read(min(size, 1 << 20))
+            if not piece:
+                raise KdumpyError(f"{name}: flattened record at offset {pos:#x}: stream ends "
+                                  "inside the record")
+            out.write(piece)
+            size -= len(piece)
+            pos += len(piece)
+    out.flush()
     return 0
 
 
@@ -274,12 +397,13 @@ def _gdb_hint(mem) -> dict[str, Any] | None:
         vmlinux = next((p for p in debuginfo_candidates(report["kernel"]["release"])
                         if os.path.exists(p)), "vmlinux")
         return gdb_hint(mem, crashing.get("note_index"), vmlinux=vmlinux)
-    except KdumpyError:
-        return None               # a description of the dump matters more than the hint
+    except Exception:  # noqa: BLE001 - a description of the dump matters more than the hint
+        return None
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from kdumpy.memory import open_dump
+    check_random_access(args.dumps)
     with open_dump(args.dumps) as mem:
         d = mem.info()
         gdb = _gdb_hint(mem)

@@ -564,13 +564,17 @@ class KdumpWriter:
             self.sink.pwrite(offset + first_byte + s, raw[s:s + (1 << 22)].tobytes())
 
     def write_stored(self, count: int, zero: np.ndarray | None, sizes: np.ndarray,
-                     flags: np.ndarray, parts: list) -> None:
+                     flags: np.ndarray, parts: list, *, lost: np.ndarray | None = None) -> None:
         """Descriptors and data of the next ``count`` dumpable pages, in PFN order.
 
         ``zero`` (None: no zero page among them) marks the pages that point at the shared
-        zero page; ``sizes``, ``flags`` and ``parts`` (the stored bytes) describe the others,
-        whose data is written with one gathered write.
+        zero page; ``lost`` (None: none) the pages whose data is lost (descriptor all zero,
+        offset 0, as an incomplete dump leaves them); ``sizes``, ``flags`` and ``parts``
+        (the stored bytes) describe the others, whose data is written with one gathered
+        write.
         """
+        if lost is not None:
+            zero = (np.zeros(count, dtype=bool) if zero is None else zero) | lost
         descs = np.zeros(count, dtype=self.arch.desc_dtype)
         ends = np.cumsum(sizes)
         stored = int(ends[-1]) if len(ends) else 0
@@ -587,6 +591,8 @@ class KdumpWriter:
             descs["offset"][keep] = offs
             descs["size"][keep] = sizes
             descs["flags"][keep] = flags
+            if lost is not None:
+                descs[lost] = 0
         desc_at = self.layout.desc_offset + 24 * self.next_rank
         self.sink.pwrite(desc_at, memoryview(descs).cast("B"))
         if stored:
