@@ -21,13 +21,13 @@ def _note(name: bytes, ntype: int, desc: bytes) -> bytes:
     return struct.pack("<III", len(name) + 1, len(desc), ntype) + pad(name + b"\0") + pad(desc)
 
 
-def rewrite_vmcoreinfo(src: str, dst: str, edit: Callable[[dict[str, str]], dict[str, str]],
-                       *, raw: Callable[[bytes], bytes] | None = None) -> None:
-    """Copy the kdump-compressed ``src`` to ``dst`` with its VMCOREINFO replaced by
-    ``edit(entries)`` (an ordered dict of KEY -> value) or, with ``raw``, by ``raw(text)``."""
-    with open(src, "rb") as f:
-        m = bytearray(f.read())
-    k = KdumpFile(bytes(m[:1 << 20]) if len(m) > 1 << 20 else bytes(m), path=src)
+def rewrite_vmcoreinfo_bytes(data: bytes, edit: Callable[[dict[str, str]], dict[str, str]],
+                             *, raw: Callable[[bytes], bytes] | None = None,
+                             path: str = "<dump>") -> bytes:
+    """A kdump-compressed file's bytes with its VMCOREINFO replaced by ``edit(entries)`` (an
+    ordered dict of KEY -> value) or, with ``raw``, by ``raw(text)``."""
+    m = bytearray(data)
+    k = KdumpFile(bytes(m[:1 << 20]) if len(m) > 1 << 20 else bytes(m), path=path)
     bs = k.header.block_size
     sub = k.sub
     notes = parse_notes(bytes(m[sub.offset_note:sub.offset_note + sub.size_note]),
@@ -59,8 +59,17 @@ def rewrite_vmcoreinfo(src: str, dst: str, edit: Callable[[dict[str, str]], dict
     sub.size_note = len(out)
     packed = sub.pack(k.arch)
     m[bs:bs + len(packed)] = packed
+    return bytes(m)
+
+
+def rewrite_vmcoreinfo(src: str, dst: str, edit: Callable[[dict[str, str]], dict[str, str]],
+                       *, raw: Callable[[bytes], bytes] | None = None) -> None:
+    """Copy the kdump-compressed ``src`` to ``dst`` with its VMCOREINFO rewritten (see
+    :func:`rewrite_vmcoreinfo_bytes`)."""
+    with open(src, "rb") as f:
+        data = f.read()
     with open(dst, "wb") as f:
-        f.write(m)
+        f.write(rewrite_vmcoreinfo_bytes(data, edit, raw=raw, path=src))
 
 
 def set_vmcoreinfo(src: str, dst: str, **values: str | None) -> None:
