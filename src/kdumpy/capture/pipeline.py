@@ -46,6 +46,12 @@ DL_EXCLUDE_USER_DATA = DumpLevel.USER
 DL_EXCLUDE_FREE = DumpLevel.FREE
 
 
+#: page sizes Linux architectures use (4 KiB x86/arm64/s390 ... 64 KiB arm64/ppc64): the
+#: kdump-compressed block size, and the unit of every bitmap and descriptor
+MIN_PAGE_SIZE = 4096
+MAX_PAGE_SIZE = 65536
+
+
 def usable_cpus() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -642,6 +648,11 @@ def save(mem: DumpMemory, make_target, opts: SaveOptions, progress=None) -> Save
     target is abandoned (left as ``.incomplete``, marked incomplete where the format allows)
     and :class:`DumpIncomplete` is raised from the cause.
     """
+    ps = mem.page_size
+    if not (isinstance(ps, int) and MIN_PAGE_SIZE <= ps <= MAX_PAGE_SIZE and ps & (ps - 1) == 0):
+        raise KdumpyError(f"{mem.path}: page size {ps} (VMCOREINFO PAGESIZE) is not a power of "
+                          f"two from {MIN_PAGE_SIZE >> 10} to {MAX_PAGE_SIZE >> 10} KiB: no "
+                          "reader accepts such a dump, so none is written")
     if opts.compress not in CODECS:
         raise KdumpyError(f"unknown compression {opts.compress!r} (zlib, lzo, snappy, zstd, none)")
     if opts.format not in ("elf", "kdump"):

@@ -536,10 +536,11 @@ class KdumpWriter:
             off = lay.bitmap1_offset + i * nbytes
             if self._bitmaps[i] is not None:
                 self._put_bits(off, 0, self._bitmaps[i][:used])
-            if used < nbytes:
-                pad = nbytes - used
-                for s in range(0, pad, 1 << 22):
-                    sink.pwrite(off + used + s, bytes(min(1 << 22, pad - s)))
+        # Bitmap bytes are written only where a bit is set (_put_bits): the rest is a hole of
+        # a regular file, or no record of a flattened stream, both of which read as zeros, so
+        # a sparse physical address space costs no output. The region's last byte is always
+        # written, so that the file reaches the descriptor table even when no page follows.
+        sink.pwrite(lay.bitmap1_offset + 2 * nbytes - 1, b"\0")
         if self._share_zero:
             self.zero_offset = self.data_cursor
             sink.pwrite(self.data_cursor, bytes(bs))
@@ -560,8 +561,11 @@ class KdumpWriter:
         if self.max_mapnr & 7 and first_byte + len(raw) == used and len(raw):
             raw = raw.copy()
             raw[-1] &= (1 << (self.max_mapnr & 7)) - 1
-        for s in range(0, len(raw), 1 << 22):
-            self.sink.pwrite(offset + first_byte + s, raw[s:s + (1 << 22)].tobytes())
+        step = 1 << 16
+        for s in range(0, len(raw), step):
+            piece = raw[s:s + step]
+            if piece.any():       # all-zero pieces stay holes (see write_headers)
+                self.sink.pwrite(offset + first_byte + s, piece.tobytes())
 
     def write_stored(self, count: int, zero: np.ndarray | None, sizes: np.ndarray,
                      flags: np.ndarray, parts: list, *, lost: np.ndarray | None = None) -> None:
