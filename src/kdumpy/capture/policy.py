@@ -84,6 +84,11 @@ class SavePolicy:
             if not log.records and not log.raw:
                 raise KdumpyError(f"{mem.path}: no kernel log record could be read"
                                   + (f" ({'; '.join(log.warnings)})" if log.warnings else ""))
+            if log.warnings:
+                # records the reader could only partly decode: the text is saved, and the
+                # damage named where the save is recorded
+                self.note(f"kernel log: {len(log.warnings)} damaged records (first: "
+                          f"{log.warnings[0]})")
             return format_dmesg(log), len(log.records)
         got = self.stage("kernel log", read)
         return (None, 0) if got is None else got
