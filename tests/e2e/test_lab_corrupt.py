@@ -18,6 +18,9 @@ import pytest
 from kdumpy.memory import open_dump
 
 
+#: real lab dumps (cached under ~/.cache/kdumpy/lab)
+pytestmark = pytest.mark.lab
+
 def _corrupt_run(trigger: str):
     from lab.corpus import DEFAULT_CRASHKERNEL, crash_for, releases
     from lab.run import LabError

@@ -14,6 +14,8 @@ runs many more.
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import sys
 from pathlib import Path
@@ -22,6 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import CLASSES, BaseFacts, run_many  # noqa: E402
 from mutations import mutate  # noqa: E402
+
+#: real lab dumps (cached under ~/.cache/kdumpy/lab)
+pytestmark = pytest.mark.lab
 
 SEEDS = int(os.environ.get("KDUMPY_FUZZ_SEEDS", "48"))
 

@@ -23,6 +23,9 @@ from kdumpy.formats.kdump import ARCH64_LE, DiskDumpHeader, KdumpFile  # noqa: E
 from kdumpy.memory import open_dump  # noqa: E402
 
 
+#: real lab dumps (cached under ~/.cache/kdumpy/lab)
+pytestmark = pytest.mark.lab
+
 def _info(path) -> dict:
     p = kdumpy("info", "--json", path)
     assert p.returncode == 0, p.stderr

@@ -21,6 +21,9 @@ from subproc import kdumpy  # noqa: E402
 from kdumpy.memory import open_dump  # noqa: E402
 
 
+#: real lab dumps (cached under ~/.cache/kdumpy/lab)
+pytestmark = pytest.mark.lab
+
 def same_pages(a, b, *, sample: int = 64) -> None:
     """Every page dumpable in ``b`` (a copy) reads the same in ``a`` (its source), checked
     on an even sample of ``sample`` runs' first and last pages, and the counts agree."""
