@@ -219,6 +219,11 @@ crash_now() {
         sysrq) echo c > /proc/sysrq-trigger ;;
         taint) echo "$LAB_TRIGGER_TAINT" > /proc/sys/kernel/tainted ;;
         warn) insmod "/host$LAB_WARN_MODULE" ;;
+        corrupt-*)
+            # prb is static in printk.c: its address comes from /proc/kallsyms
+            prb=$(grep ' [bBdD] prb$' /proc/kallsyms)
+            say value corrupt_prb "${prb%% *}"
+            insmod "/host$LAB_CORRUPT_MODULE" mode="$LAB_CORRUPT_MODE" prb_addr="0x${prb%% *}" ;;
         *) say value unknown_trigger "$LAB_TRIGGER" ;;
     esac
 }

@@ -148,6 +148,7 @@ class Trigger:
     taint_value: int = 0              # written to /proc/sys/kernel/tainted (kind "taint")
     boot_append: str = ""             # first-kernel parameters the trigger needs
     warn_module: bool = False         # load lab.warn_module's kdumpy_warn.ko (kind "warn")
+    corrupt: str = ""                 # lab.corrupt_module's mode (kinds "corrupt-*")
 
 
 #: ``taint``: panic_on_taint = USER (bit 6), then ``echo 64 > /proc/sys/kernel/tainted``;
@@ -169,6 +170,14 @@ TRIGGERS: dict[str, Trigger] = {
     "warn": Trigger(config=(("panic_on_warn", 1), ("sysrq", 1)),
                     panic_text="Kernel panic - not syncing: kernel: panic_on_warn set ...",
                     warn_module=True),
+    #: ``corrupt-printk`` / ``corrupt-mem_section``: lab.corrupt_module scribbles over the
+    #: printk ring's record metadata / section 1's mem_section entry, then panics
+    "corrupt-printk": Trigger(config=(("sysrq", 1),), corrupt="printk",
+                              panic_text="Kernel panic - not syncing: KDUMPY-LAB-CORRUPT: "
+                                         "printk scribbled over"),
+    "corrupt-mem_section": Trigger(config=(("sysrq", 1),), corrupt="mem_section",
+                                   panic_text="Kernel panic - not syncing: KDUMPY-LAB-CORRUPT: "
+                                              "mem_section scribbled over"),
 }
 
 
@@ -539,6 +548,10 @@ def _execute(kernel: Kernel, initramfs: Initramfs, options: RunOptions, accel: s
         if trigger.warn_module:
             from .warn_module import ensure_warn_module
             config["LAB_WARN_MODULE"] = str(ensure_warn_module(kernel))
+        if trigger.corrupt:
+            from .corrupt_module import ensure_corrupt_module
+            config["LAB_CORRUPT_MODULE"] = str(ensure_corrupt_module(kernel))
+            config["LAB_CORRUPT_MODE"] = trigger.corrupt
         config["LAB_TRIGGER_EXPECT"] = " ".join(f"{k}={v}" for k, v in trigger.config
                                                 if k not in BOOT_ONLY)
     if options.loader == "kdumpy":

@@ -237,6 +237,13 @@ class Dump(ABC):
             return PageState.EXCLUDED
         return PageState.DUMPABLE if self._stored(pfn, 1).all() else PageState.LOST
 
+    def lost_bits(self, start: int, count: int) -> np.ndarray | None:
+        if not self.incomplete:
+            return None
+        lost = bm.bits_range(super().dumpable_bits(start, count), 0, count)
+        lost &= ~self._stored(start, count)
+        return lost if lost.any() else None
+
     def _stored(self, start: int, count: int) -> np.ndarray:
         """Bool per dumpable PFN of ``[start, start+count)``: its data is in the file."""
         return np.ones(count, dtype=bool)
@@ -250,6 +257,12 @@ class Dump(ABC):
         """Like :meth:`present_bits`, for the PFNs whose data is in the file (lost pages
         are left out: a copy never turns them into data)."""
         return _slice_bits(self.dumpable_bitmap(), start, count)
+
+    def lost_bits(self, start: int, count: int) -> np.ndarray | None:
+        """Bool per PFN of ``[start, start+count)``: pages the dump was meant to hold whose
+        data never landed (:attr:`PageState.LOST`); None when there is none there. A copy
+        of the dump keeps them lost rather than turning them into data."""
+        return None
 
     def present_ranges(self) -> Iterator[tuple[int, int]]:
         return bm.runs(self.present_bitmap(), self.max_pfn)
@@ -519,6 +532,13 @@ class ElfDump(Dump):
     def dumpable_bits(self, start: int, count: int) -> np.ndarray:
         return _interval_bits(self._dumpable_iv, start, count)
 
+    def lost_bits(self, start: int, count: int) -> np.ndarray | None:
+        if not self._lost_iv:
+            return None
+        lost = bm.bits_range(_interval_bits(self._lost_iv, start, count), 0, count)
+        lost &= ~bm.bits_range(_interval_bits(self._dumpable_iv, start, count), 0, count)
+        return lost if lost.any() else None
+
     def present_ranges(self) -> Iterator[tuple[int, int]]:
         return iter(self._present_iv)
 
@@ -536,6 +556,13 @@ class ElfDump(Dump):
 
     def is_dumpable(self, pfn: int) -> bool:
         return _in(self._dumpable_iv, pfn) or _in(self._lost_iv, pfn)
+
+    def lost_bits(self, start: int, count: int) -> np.ndarray | None:
+        if not self.incomplete:
+            return None
+        lost = bm.bits_range(super().dumpable_bits(start, count), 0, count)
+        lost &= ~self._stored(start, count)
+        return lost if lost.any() else None
 
     def _stored(self, start: int, count: int) -> np.ndarray:
         return bm.bits_range(_interval_bits(self._dumpable_iv, start, count), 0, count)
@@ -675,6 +702,13 @@ class KdumpDump(Dump):
             return bits
         return np.packbits(self._stored(start, count) & bm.bits_range(bits, 0, count),
                            bitorder="little")
+
+    def lost_bits(self, start: int, count: int) -> np.ndarray | None:
+        if not self.incomplete:
+            return None
+        lost = bm.bits_range(super().dumpable_bits(start, count), 0, count)
+        lost &= ~self._stored(start, count)
+        return lost if lost.any() else None
 
     def _stored(self, start: int, count: int) -> np.ndarray:
         out = np.zeros(count, dtype=bool)

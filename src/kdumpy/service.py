@@ -12,9 +12,12 @@ steps, see docs in ``/work/shared/notes/setup-anchors.md``):
    most useful part when the rest does not fit), then ``vmcore`` (``vmcore.flat``, the
    flattened stream, over SSH), then ``report.json``; every file is written under
    ``NAME.incomplete`` and renamed only once complete and synced;
-5. on ENOSPC the vmcore is retried at the next level of the ``level`` list; when the last one
-   fails too, ``vmcore.incomplete`` stays, carrying the format's incomplete mark, which
-   ``kdumpy info`` (and makedumpfile, crash) still read;
+5. on ENOSPC the vmcore is retried at the next level of the ``level`` list; after a
+   filtering failure (the crashed kernel's ``mem_section`` or ``struct page`` unreadable)
+   the next level, then levels 1 and 0 (:mod:`kdumpy.capture.policy`, shared with ``kdumpy
+   save``); when the last one fails too, ``vmcore.incomplete`` stays, carrying the format's
+   incomplete mark (set from the first byte), which ``kdumpy info`` (and makedumpfile,
+   crash) still read; SIGTERM and SIGHUP end the save the same way;
 6. post hooks (``/etc/kdumpy/post.d``, argv ``[hook, status, dump-dir]``);
 7. retention: only the ``keep`` newest of this host's dumps stay (local and NFS targets);
 8. ``/var/lib/kdumpy/last-capture.json`` for ``kdumpy status`` after the reboot, with the
@@ -22,8 +25,10 @@ steps, see docs in ``/work/shared/notes/setup-anchors.md``):
 9. the final action (after a complete dump) or the failure action, through an injectable
    runner.
 
-The kernel log and the report come from :mod:`kdumpy.analysis` when it can read them; a
-dump whose log cannot be read gets a one-line ``dmesg.txt`` saying why.
+The kernel log and the report come from :mod:`kdumpy.analysis` when it can read them; each
+runs isolated (:class:`~kdumpy.capture.policy.SavePolicy`): a dump whose log cannot be read
+gets a one-line ``dmesg.txt`` saying why, and ``report.json`` lists every stage that failed
+under ``kdumpy_capture.failures``.
 
 Layering: this module is the capture *service*: it combines the setup side (config, hooks,
 failure/final actions, recorded state) with the capture pipeline, so it sits above both
@@ -44,7 +49,8 @@ from typing import Any
 
 import numpy as np
 
-from kdumpy.capture.pipeline import DumpIncomplete, SaveOptions, save, usable_cpus
+from kdumpy.capture.pipeline import DumpIncomplete, SaveOptions, usable_cpus
+from kdumpy.capture.policy import SavePolicy, Terminated, end_on_signals
 from kdumpy.capture.targets import (
     INCOMPLETE_SUFFIX,
     LocalDirectory,
@@ -81,6 +87,8 @@ class CaptureResult:
     action: str | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: stages that could not read the crashed kernel's structures: {stage: why}
+    failures: dict[str, str] = field(default_factory=dict)
     time: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -158,6 +166,8 @@ class CaptureSession:
         self.progress = progress
         self.quiet = quiet
         self.result = CaptureResult(time=time.strftime("%Y-%m-%dT%H:%M:%S%z", self.now))
+        self.policy = SavePolicy(log=self.log, notes=self.result.notes,
+                                 failures=self.result.failures)
         self._nfs: NfsMount | None = None
 
     # -- the whole job --------------------------------------------------------------------
@@ -166,7 +176,12 @@ class CaptureSession:
         res = self.result
         res.test_id = state.read_test_id(self.paths)
         try:
-            self._save_all()
+            with end_on_signals():
+                self._save_all()
+        except Terminated as exc:
+            res.status = FAILED if res.status != INCOMPLETE else INCOMPLETE
+            res.error = f"stopped by {exc}"
+            self.log(f"failed: {res.error}")
         except (KdumpyError, OSError) as exc:
             res.status = FAILED if res.status != INCOMPLETE else INCOMPLETE
             res.error = _why(exc)
@@ -196,7 +211,7 @@ class CaptureSession:
         bad = [h for h in hooks if not h.ok]
         if bad:
             raise KdumpyError(f"pre hook {bad[0].path} failed ({bad[0].error}); not saving")
-        from kdumpy.memory import open_dump
+        from kdumpy.dump import open_dump
         directory = self._open_target()
         res.target = directory.describe()
         with open_dump(self.vmcore) as mem:
@@ -271,85 +286,84 @@ class CaptureSession:
         try:
             directory.put(f"{rel}/{name}", data)
             self.result.files.append(name)
-        except OSError as exc:
-            directory.discard(f"{rel}/{name}{INCOMPLETE_SUFFIX}")
+        except (OSError, KdumpyError) as exc:
+            if directory.remote:   # a local put removes its own temporary file
+                directory.discard(f"{rel}/{name}{INCOMPLETE_SUFFIX}")
             note = f"{name} not written: {_why(exc)}"
             self.result.notes.append(note)
             self.log(note)
 
     def _save_dmesg(self, directory: LocalDirectory | SshDirectory, rel: str, mem: Any) -> None:
-        try:
-            from kdumpy.analysis.kernel_log import format_dmesg, read_kernel_log
-        except ImportError as exc:
-            data = f"kdumpy: kernel log not available (no log reader: {exc})\n".encode()
-        else:
-            try:
-                data = format_dmesg(read_kernel_log(mem))
-            except Exception as exc:  # noqa: BLE001 - the dump matters more than its log
-                data = f"kdumpy: kernel log not available: {exc}\n".encode()
-                self.result.notes.append(f"kernel log not available: {exc}")
+        data, _records = self.policy.kernel_log(mem)
+        if data is None:
+            data = f"kdumpy: kernel log not available: {self.result.failures['kernel log']}\n" \
+                .encode()
         self._put(directory, rel, "dmesg.txt", data)
 
     def _save_vmcore(self, directory: LocalDirectory | SshDirectory, rel: str, mem: Any) -> None:
         res = self.result
         d = self.cfg.dump
         name = "vmcore.flat" if directory.remote else "vmcore"
-        levels = d.levels
-        for i, level in enumerate(levels):
-            opts = SaveOptions(dump_level=level, compress=d.compression, format=d.format,
+        attempt: dict[str, int] = {}
+
+        def options(level: int) -> SaveOptions:
+            attempt["level"] = level
+            self.log(f"saving {name} at dump level {level} ({d.compression})")
+            return SaveOptions(dump_level=level, compress=d.compression, format=d.format,
                                threads=d.threads or usable_cpus(),
                                allow_partial_filter=d.allow_partial_filter)
-            progress = self.progress or self._default_progress(mem)
-            self.log(f"saving {name} at dump level {level} ({d.compression})")
-            try:
-                out = save(mem, lambda: directory.dump_target(f"{rel}/{name}",
-                                                                flattened=directory.remote),
-                           opts, progress)
-            except (DumpIncomplete, OSError) as exc:
-                cause = exc.__cause__ if isinstance(exc, DumpIncomplete) else exc
-                nospace = isinstance(cause, OSError) and cause.errno == errno.ENOSPC
-                if nospace and i + 1 < len(levels):
-                    directory.discard(f"{rel}/{name}{INCOMPLETE_SUFFIX}")
-                    note = f"no space left at dump level {level}; retrying at {levels[i + 1]}"
-                    res.notes.append(note)
-                    self.log(note)
-                    continue
-                if isinstance(exc, DumpIncomplete):
-                    res.status = INCOMPLETE
-                    res.vmcore = directory.describe(f"{rel}/{name}{INCOMPLETE_SUFFIX}")
-                    res.dump_level = level
-                raise
-            finally:
-                if self.progress is None:
-                    progress.close()
-            res.status = COMPLETE
-            res.vmcore = directory.describe(f"{rel}/{name}")
-            res.dump_level = out.dump_level
-            res.files.append(name)
-            res.notes.extend(out.notes)
-            self.log(f"saved {res.vmcore}: {out.pages_written} pages, "
-                     f"{human(out.bytes_written)}")
-            return
+
+        def progress() -> Any:
+            return self.progress or self._default_progress(mem)
+
+        def discard(left: str) -> None:
+            if directory.remote:
+                directory.discard(f"{rel}/{name}{INCOMPLETE_SUFFIX}")
+            else:
+                directory.discard(left)
+
+        try:
+            out = self.policy.save_vmcore(
+                mem, d.levels,
+                lambda: directory.dump_target(f"{rel}/{name}", flattened=directory.remote),
+                options, progress, discard, close_progress=self.progress is None)
+        except BaseException as exc:
+            if isinstance(exc, DumpIncomplete) or (isinstance(exc, KeyboardInterrupt)
+                                                   and self._partial(directory, rel, name)):
+                res.status = INCOMPLETE
+                left = getattr(exc, "left", None) or self._partial(directory, rel, name)
+                res.vmcore = left if left and not directory.remote else \
+                    directory.describe(f"{rel}/{name}{INCOMPLETE_SUFFIX}")
+                res.dump_level = attempt.get("level")
+            raise
+        res.status = COMPLETE
+        res.vmcore = directory.describe(f"{rel}/{name}")
+        res.dump_level = out.dump_level
+        res.files.append(name)
+        res.notes.extend(out.notes)
+        self.log(f"saved {res.vmcore}: {out.pages_written} pages, "
+                 f"{human(out.bytes_written)}")
+
+    @staticmethod
+    def _partial(directory: LocalDirectory | SshDirectory, rel: str, name: str) -> str | None:
+        """The partial vmcore a stopped save left, if any (local targets)."""
+        if directory.remote:
+            return None
+        import os
+        path = os.path.join(directory.describe(rel), name + INCOMPLETE_SUFFIX)
+        return path if os.path.lexists(path) else None
 
     def _default_progress(self, mem: Any) -> Any:
         from kdumpy.capture.progress import Progress
         return Progress(mem.count_dumpable(), mem.page_size, quiet=self.quiet, label="saving")
 
     def _save_report(self, directory: LocalDirectory | SshDirectory, rel: str, mem: Any) -> None:
-        report: dict[str, Any]
-        try:
-            from kdumpy.analysis.report import build_report
-        except ImportError as exc:
-            report = {"notes": [f"report not available (no report builder: {exc})"]}
-        else:
-            try:
-                report = build_report(mem, backtrace=False)
-            except Exception as exc:  # noqa: BLE001
-                report = {"notes": [f"report not available: {exc}"]}
+        report = self.policy.report(mem)
         report["kdumpy_capture"] = {
             "status": self.result.status, "dump_level": self.result.dump_level,
             "vmcore": self.result.vmcore, "test_id": self.result.test_id,
-            "host": self.host, "time": self.result.time, "notes": list(self.result.notes)}
+            "host": self.host, "time": self.result.time, "notes": list(self.result.notes),
+            "failures": dict(self.result.failures)}
         data = json.dumps(report, indent=2, sort_keys=True, default=str).encode() + b"\n"
         self._put(directory, rel, "report.json", data)
 

@@ -168,9 +168,9 @@ def build_report(mem: Any, *, log_lines: int = 50, vmlinux: str | os.PathLike[st
     log: KernelLog | None
     try:
         log = read_kernel_log(mem)
-    except KdumpyError as exc:
+    except Exception as exc:  # noqa: BLE001 - the crashed kernel's memory may hold anything
         log = None
-        notes.append(f"no kernel log: {exc}")
+        notes.append(f"no kernel log: {exc if isinstance(exc, KdumpyError) else repr(exc)}")
     records = [r for r in log.records if not r.dataless] if log is not None else []
     report["log"] = {
         "source": log.source if log else None,
@@ -205,7 +205,8 @@ def build_report(mem: Any, *, log_lines: int = 50, vmlinux: str | os.PathLike[st
     ks: Kallsyms | None = None
     try:
         ks = read_kallsyms(mem)
-    except KdumpyError as exc:
+    except Exception as exc:  # noqa: BLE001 - the crashed kernel's memory may hold anything
+        ks = None
         notes.append(f"kallsyms not readable ({exc}): no symbol names, taint and crashing CPU "
                      "come from the log")
     report["taint"] = _taint(mem, ks, crash_line)

@@ -156,6 +156,10 @@ class PageFilter:
         self._next = end
         count = end - start
         dumpable = mem.dumpable_bits(start, count)
+        lost = mem.lost_bits(start, count)
+        if lost is not None:
+            # still candidates: written as lost again unless a rule excludes them
+            dumpable |= np.packbits(lost, bitorder="little")
         present = mem.present_bits(start, count)
         dumpable &= present
         if self.sections is None or self.rules is None or count <= 0:

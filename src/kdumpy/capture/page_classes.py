@@ -27,13 +27,32 @@ page at once gives what the sequential scan gives.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import IntFlag
 
 import numpy as np
 
 from kdumpy.kernel import MissingKeyError
 from kdumpy.formats.vmcoreinfo import VmcoreInfo
 
-DL_ZERO, DL_CACHE, DL_CACHE_PRI, DL_USER, DL_FREE = 1, 2, 4, 8, 16
+
+
+class DumpLevel(IntFlag):
+    """makedumpfile's ``-d`` bits: which pages a dump leaves out."""
+
+    ZERO = 1          #: pages whose every byte is zero (decided from page data)
+    CACHE = 2         #: page cache that is neither private nor anonymous
+    CACHE_PRI = 4     #: page cache, private or not
+    USER = 8          #: anonymous (user process) pages and hugetlbfs
+    FREE = 16         #: free pages of the buddy allocator
+
+
+#: the highest dump level: every bit
+MAX_DUMP_LEVEL = int(DumpLevel.ZERO | DumpLevel.CACHE | DumpLevel.CACHE_PRI | DumpLevel.USER
+                     | DumpLevel.FREE)
+
+DL_ZERO, DL_CACHE, DL_CACHE_PRI, DL_USER, DL_FREE = (DumpLevel.ZERO, DumpLevel.CACHE,
+                                                     DumpLevel.CACHE_PRI, DumpLevel.USER,
+                                                     DumpLevel.FREE)
 
 KEEP, FREE, CACHE, CACHE_PRIVATE, USER, HWPOISON, OFFLINE, UNACCEPTED = range(8)
 CLASS_NAMES = {FREE: "free", CACHE: "cache", CACHE_PRIVATE: "cache_private", USER: "user",

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from kdumpy.capture.elf_gdb import check_elf32, check_elf32_file_size, elf_segments
+from kdumpy.capture.page_classes import MAX_DUMP_LEVEL, DumpLevel, MissingKeyError
 from kdumpy.errors import KdumpyError
 from kdumpy.formats import bitmap as bm
 from kdumpy.formats.codecs import CODECS, Codec
@@ -39,13 +40,18 @@ from kdumpy.kernel import KernelView
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
 
-#: Dump level bits (makedumpfile ``-d``).
-DL_EXCLUDE_ZERO = 1
-DL_EXCLUDE_CACHE = 2
-DL_EXCLUDE_CACHE_PRI = 4
-DL_EXCLUDE_USER_DATA = 8
-DL_EXCLUDE_FREE = 16
-MAX_DUMP_LEVEL = 31
+#: Dump level bits (makedumpfile ``-d``): :class:`~kdumpy.capture.page_classes.DumpLevel`.
+DL_EXCLUDE_ZERO = DumpLevel.ZERO
+DL_EXCLUDE_CACHE = DumpLevel.CACHE
+DL_EXCLUDE_CACHE_PRI = DumpLevel.CACHE_PRI
+DL_EXCLUDE_USER_DATA = DumpLevel.USER
+DL_EXCLUDE_FREE = DumpLevel.FREE
+
+
+#: page sizes Linux architectures use (4 KiB x86/arm64/s390 ... 64 KiB arm64/ppc64): the
+#: kdump-compressed block size, and the unit of every bitmap and descriptor
+MIN_PAGE_SIZE = 4096
+MAX_PAGE_SIZE = 65536
 
 
 def usable_cpus() -> int:
@@ -142,21 +148,38 @@ def _zero_mask(pages: np.ndarray) -> np.ndarray:
 
 class _Encoded:
     """One job's pages as stored: ``zero`` marks the pages that point at the shared zero
-    page; ``sizes``/``flags``/``parts`` describe the others, in PFN order."""
+    page, ``lost`` those whose data the source had lost (written as lost again: descriptor
+    offset 0); ``sizes``/``flags``/``parts`` describe the others, in PFN order."""
 
-    __slots__ = ("pages", "zero", "sizes", "flags", "parts")
+    __slots__ = ("pages", "zero", "sizes", "flags", "parts", "lost")
 
     def __init__(self, pages: int, zero: np.ndarray | None, sizes: np.ndarray, flags: np.ndarray,
-                 parts: list) -> None:
+                 parts: list, lost: np.ndarray | None = None) -> None:
         self.pages = pages
         self.zero = zero
         self.sizes = sizes
         self.flags = flags
         self.parts = parts
+        self.lost = lost
+
+
+LostFinder = Callable[[int, int], "np.ndarray | None"]
+
+
+def lost_finder(mem: Dump) -> LostFinder | None:
+    """``lost(start, count)``: which PFNs hold data the source lost (an incomplete dump:
+    :meth:`Dump.lost_bits`); None when the source has no lost page. A lost page reads as
+    zeros; a copy must keep it lost, never turn it into data."""
+    try:
+        if not mem.lost_pages():
+            return None
+    except Exception:  # noqa: BLE001 - a reader that cannot count offers no lost pages
+        return None
+    return mem.lost_bits
 
 
 def _encode_job(mem: Dump, job: tuple[tuple[int, int], ...], codec: Codec,
-                zero_test: bool, page_size: int) -> _Encoded:
+                zero_test: bool, page_size: int, lost_fn: LostFinder | None = None) -> _Encoded:
     """Read a job's runs (one copy each), find the all-zero pages with one vectorised test
     per run, and compress the others with one C-level map over the batch."""
     ps = page_size
@@ -164,21 +187,38 @@ def _encode_job(mem: Dump, job: tuple[tuple[int, int], ...], codec: Codec,
     read = functools.partial(mem.read_pfns_bytes, zero_fill=True)
     pages: list[bytes] = []
     zeros: list[np.ndarray] = []
+    losts: list[np.ndarray] = []
     total = 0
     any_zero = False
+    any_lost = False
     for start, count in job:
         data = read(start, count)
         total += count
-        if zero_test:
-            # OR of each page's words (twice as fast as any(), which casts to bool first)
-            ored = _or_words(np.frombuffer(data, dtype=np.uint64).reshape(count, words), axis=1)
-            zeros.append(ored)
-            keep = np.flatnonzero(ored)
+        gone = lost_fn(start, count) if lost_fn is not None else None
+        if zero_test or gone is not None:
+            if zero_test:
+                # OR of each page's words (twice as fast as any(), which casts to bool first)
+                zmask = _or_words(np.frombuffer(data, dtype=np.uint64).reshape(count, words),
+                                  axis=1) == 0
+            else:
+                zmask = np.zeros(count, dtype=bool)
+            if gone is not None:
+                zmask &= ~gone
+                any_lost = True
+                losts.append(gone)
+            else:
+                losts.append(np.zeros(count, dtype=bool))
+            zeros.append(zmask)
+            skip = zmask if gone is None else (zmask | gone)
+            keep = np.flatnonzero(~skip)
             if len(keep) < count:
-                any_zero = True
+                any_zero = any_zero or bool(zmask.any())
                 offs = keep * ps
                 pages.extend(map(data.__getitem__, map(slice, offs.tolist(), (offs + ps).tolist())))
                 continue
+        else:
+            zeros.append(np.zeros(count, dtype=bool))
+            losts.append(np.zeros(count, dtype=bool))
         if count == 1:
             pages.append(data)
         else:
@@ -186,12 +226,15 @@ def _encode_job(mem: Dump, job: tuple[tuple[int, int], ...], codec: Codec,
                                                    range(ps, (count + 1) * ps, ps))))
     zero = None
     if any_zero:
-        zero = (np.concatenate(zeros) if len(zeros) > 1 else zeros[0]) == 0
+        zero = np.concatenate(zeros) if len(zeros) > 1 else zeros[0]
+    lost = None
+    if any_lost:
+        lost = np.concatenate(losts) if len(losts) > 1 else losts[0]
     n = len(pages)
     flag = codec.flag
     if flag == 0:
         return _Encoded(total, zero, np.full(n, ps, dtype=np.int64), np.zeros(n, dtype=np.uint32),
-                        pages)
+                        pages, lost)
     try:
         parts = codec.compress_many(pages)
     except Exception:  # a codec error on some page: that page is stored raw
@@ -209,7 +252,7 @@ def _encode_job(mem: Dump, job: tuple[tuple[int, int], ...], codec: Codec,
             parts[i] = pages[i]
         sizes[raw] = ps
         flags[raw] = 0
-    return _Encoded(total, zero, sizes, flags, parts)
+    return _Encoded(total, zero, sizes, flags, parts, lost)
 
 
 _Job = TypeVar("_Job", bound=tuple[Any, ...])
@@ -315,12 +358,19 @@ class Cycles:
             yield from zip(self.bounds, self._parts)
             return
         from kdumpy.capture.filter import PageFilter
-        again = PageFilter(self.mem, **self._filter_args)  # type: ignore[arg-type]
+        try:
+            again = PageFilter(self.mem, **self._filter_args)  # type: ignore[arg-type]
+        except Exception as exc:
+            raise FilterFailed(f"{self.mem.path}: filtering again failed: {_what(exc)}") from exc
         for (lo, hi), want in zip(self.bounds, self.counts):
-            part = again.bitmap(lo, hi)
+            try:
+                part = again.bitmap(lo, hi)
+            except Exception as exc:
+                raise FilterFailed(f"{self.mem.path}: filtering PFNs {lo:#x}-{hi - 1:#x} "
+                                   f"again failed: {_what(exc)}") from exc
             got = bm.count_bits(part, 0, hi - lo)
             if got != want:
-                raise KdumpyError(f"{self.mem.path}: PFNs {lo:#x}-{hi - 1:#x} filtered to "
+                raise FilterFailed(f"{self.mem.path}: PFNs {lo:#x}-{hi - 1:#x} filtered to "
                                   f"{got} pages on the second pass, {want} on the first")
             yield (lo, hi), part
 
@@ -334,16 +384,19 @@ def write_kdump(mem: Dump, sink, opts: SaveOptions, cycles: Cycles,
     notes = _notes_bytes(mem)
     from kdumpy.formats.notes import parse_notes
     vi_off, vi_size = vmcoreinfo_desc_offset(parse_notes(notes, byteorder=mem.byteorder))  # type: ignore[arg-type]
-    vi = mem.vmcoreinfo
     share_zero = bool(opts.dump_level & DL_EXCLUDE_ZERO)
     recorded = opts.dump_level if opts.recorded_dump_level is None else opts.recorded_dump_level
+    arch = ARCHES[MACHINE_WORD.get(mem.machine, 64)]
+    notes_out: list[str] = []
     writer = KdumpWriter(
-        sink, arch=ARCHES[MACHINE_WORD.get(mem.machine, 64)], page_size=ps,
+        sink, arch=arch, page_size=ps,
         max_mapnr=mem.max_pfn, bitmap1=None, bitmap2=None, num_dumpable=cycles.total,
         notes=notes,
-        vmcoreinfo_offset_in_notes=vi_off, vmcoreinfo_size=vi_size, utsname=_utsname(mem),
-        crash_time=mem.crash_time or 0,
-        codec_flag=codec.flag, dump_level=recorded, phys_base=mem.phys_base or 0,
+        vmcoreinfo_offset_in_notes=vi_off, vmcoreinfo_size=vi_size,
+        utsname=_header_utsname(mem, notes_out),
+        crash_time=_header_crash_time(mem, arch.word, notes_out),
+        codec_flag=codec.flag, dump_level=recorded,
+        phys_base=_header_phys_base(mem, arch.word, notes_out),
         nr_cpus=max(1, sum(1 for n in mem.notes if n.type == NT_PRSTATUS and n.name == "CORE")),
         share_zero_page=share_zero)
     writer.write_headers()
@@ -355,6 +408,9 @@ def write_kdump(mem: Dump, sink, opts: SaveOptions, cycles: Cycles,
                 yield lo + s, lo + e
 
     zero_pages = 0
+    lost_pages = 0
+    lost_fn = lost_finder(mem)
+    source_incomplete = mem.incomplete
     trim = _Trimmer(mem)
     # The loop makes no reference cycles but allocates many tracked objects (page lists,
     # slices): without the cycle collector's passes it runs measurably faster.
@@ -362,22 +418,81 @@ def write_kdump(mem: Dump, sink, opts: SaveOptions, cycles: Cycles,
     gc.disable()
     try:
         with _pool(opts.threads) as pool:
-            fn = lambda *job: _encode_job(mem, job, codec, share_zero, ps)  # noqa: E731
+            fn = lambda *job: _encode_job(mem, job, codec, share_zero, ps, lost_fn)  # noqa: E731
             for _job, enc in _ordered(pool, _jobs(runs(), opts.batch_pages), fn,
                                       opts.threads + 2):
-                writer.write_stored(enc.pages, enc.zero, enc.sizes, enc.flags, enc.parts)
+                writer.write_stored(enc.pages, enc.zero, enc.sizes, enc.flags, enc.parts,
+                                    lost=enc.lost)
                 n = enc.pages
-                zero_pages += n - len(enc.parts)
+                nlost = int(enc.lost.sum()) if enc.lost is not None else 0
+                lost_pages += nlost
+                zero_pages += n - len(enc.parts) - nlost
                 trim.pages_read(n)
                 if progress is not None:
                     progress.advance(n)
+        if source_incomplete or lost_pages:
+            # the copy of an incomplete dump is incomplete: the mark set at the start stays
+            notes_out.append(f"the source is marked incomplete ({lost_pages} pages lost); so "
+                             "is this copy")
+        else:
+            writer.finish()
     except BaseException:
         writer.mark_incomplete()
         raise
     finally:
         if gc_was_enabled:
             gc.enable()
-    return SaveResult("", writer.next_rank, zero_pages, writer.data_cursor)
+    return SaveResult("", writer.next_rank, zero_pages, writer.data_cursor, notes=notes_out)
+
+
+def _what(exc: BaseException) -> str:
+    """An exception as one line: its message, and its type where the message alone would
+    not say what went wrong (an exception that is not one of kdumpy's own)."""
+    if isinstance(exc, KdumpyError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _header_utsname(mem: Dump, notes: list[str]) -> dict[str, str]:
+    """The header's utsname (:func:`_utsname`); read from the crashed kernel's memory, so a
+    failure leaves the fields that need no reading and is noted."""
+    try:
+        return _utsname(mem)
+    except Exception as exc:  # noqa: BLE001 - kernel memory may hold anything
+        notes.append(f"utsname not read from the crashed kernel: {_what(exc)}")
+        vi = mem.vmcoreinfo
+        return {"sysname": "Linux", "machine": mem.machine, "version": "unknown",
+                "release": (vi.osrelease or "") if vi is not None else ""}
+
+
+def _header_crash_time(mem: Dump, word: int, notes: list[str]) -> int:
+    """``tv_sec`` of the header: VMCOREINFO's CRASHTIME (or the source header's); a value
+    the header's signed ``word``-byte field cannot hold is written as 0 and noted."""
+    try:
+        t = mem.crash_time
+    except Exception as exc:  # noqa: BLE001 - VMCOREINFO text from a crashed kernel
+        notes.append(f"CRASHTIME not read: {_what(exc)}")
+        return 0
+    t = t or 0
+    if not isinstance(t, int) or not 0 <= t < 1 << (8 * word - 1):
+        notes.append(f"CRASHTIME {t} does not fit the header's tv_sec; written as 0")
+        return 0
+    return t
+
+
+def _header_phys_base(mem: Dump, word: int, notes: list[str]) -> int:
+    """phys_base for the sub header, an unsigned long holding a two's-complement value."""
+    try:
+        pb = mem.phys_base or 0
+    except Exception as exc:  # noqa: BLE001
+        notes.append(f"phys_base not read: {_what(exc)}")
+        return 0
+    if not -(1 << (8 * word - 1)) <= pb < 1 << (8 * word):
+        notes.append(f"phys_base {pb:#x} does not fit the sub header; written as 0")
+        return 0
+    return pb
 
 
 def write_elf(mem: Dump, sink, opts: SaveOptions, dumpable: np.ndarray,
@@ -386,6 +501,17 @@ def write_elf(mem: Dump, sink, opts: SaveOptions, dumpable: np.ndarray,
     ps = mem.page_size
     keep = dumpable.copy()
     zero_pages = 0
+    lost_fn = lost_finder(mem)
+    source_incomplete = mem.incomplete or lost_fn is not None
+    if lost_fn is not None:
+        # ELF has no lost page: one whose data the source lost is left out of the PT_LOADs
+        # (never written as zeros), and the copy keeps the incomplete mark
+        for s, e in list(bm.runs(keep, mem.max_pfn)):
+            for b in range(s, e, 1 << 20):
+                gone = lost_fn(b, min(1 << 20, e - b))
+                if gone is not None:
+                    for a, z in _true_runs(gone):
+                        bm.set_range(keep, b + a, b + z, False)
     if opts.dump_level & DL_EXCLUDE_ZERO:
         # A pre-pass over the data: ELF has no shared zero page, zero pages are excluded.
         with _pool(opts.threads) as pool:
@@ -442,6 +568,10 @@ def write_elf(mem: Dump, sink, opts: SaveOptions, dumpable: np.ndarray,
         cursor += fsz
     if header.elfclass.bits == 32:
         check_elf32_file_size(cursor)
+    # e_flags carries the incomplete mark from the first byte written until the last page
+    # has landed (a kill or a power loss leaves a marked file)
+    clean_flags = header.e_flags & ~EF_KDUMP_INCOMPLETE
+    header.e_flags = clean_flags | EF_KDUMP_INCOMPLETE
     header_bytes = pack_elf_core_headers(header, phdrs)
     sink.pwrite(0, header_bytes)
     sink.pwrite(head_size, notes)
@@ -458,6 +588,12 @@ def write_elf(mem: Dump, sink, opts: SaveOptions, dumpable: np.ndarray,
                 trim.pages_read(-(-n // ps))
                 if progress is not None:
                     progress.advance(-(-n // ps))
+        if not source_incomplete:
+            sync = getattr(sink, "sync", None)
+            if sync is not None:
+                sync()
+            header.e_flags = clean_flags
+            sink.pwrite(0, pack_elf_core_headers(header, phdrs)[:header.elfclass.ehdr.size])
     except BaseException:
         if getattr(sink, "seekable", False):
             header.e_flags |= EF_KDUMP_INCOMPLETE
@@ -497,6 +633,11 @@ def save(mem: Dump, make_target, opts: SaveOptions, progress=None) -> SaveResult
     target is abandoned (left as ``.incomplete``, marked incomplete where the format allows)
     and :class:`DumpIncomplete` is raised from the cause.
     """
+    ps = mem.page_size
+    if not (isinstance(ps, int) and MIN_PAGE_SIZE <= ps <= MAX_PAGE_SIZE and ps & (ps - 1) == 0):
+        raise KdumpyError(f"{mem.path}: page size {ps} (VMCOREINFO PAGESIZE) is not a power of "
+                          f"two from {MIN_PAGE_SIZE >> 10} to {MAX_PAGE_SIZE >> 10} KiB: no "
+                          "reader accepts such a dump, so none is written")
     if opts.compress not in CODECS:
         raise KdumpyError(f"unknown compression {opts.compress!r} (zlib, lzo, snappy, zstd, none)")
     if opts.format not in ("elf", "kdump"):
@@ -505,8 +646,14 @@ def save(mem: Dump, make_target, opts: SaveOptions, progress=None) -> SaveResult
         if opts.format != "elf":
             raise KdumpyError("--elf32: ELF32 headers are for ELF output (--format elf)")
         check_elf32(mem)
-    cycles = Cycles(mem, opts)
-    filt = cycles.filter.result(np.zeros(0, dtype=np.uint8))
+    try:
+        cycles = Cycles(mem, opts)
+        filt = cycles.filter.result(np.zeros(0, dtype=np.uint8))
+    except MissingKeyError:
+        raise
+    except Exception as exc:  # the crashed kernel's struct pages may hold anything
+        raise FilterFailed(f"{mem.path}: filtering at dump level {opts.dump_level} failed: "
+                           f"{_what(exc)}") from exc
     if opts.recorded_dump_level is None:
         opts.recorded_dump_level = filt.level
     if progress is not None:
@@ -521,16 +668,26 @@ def save(mem: Dump, make_target, opts: SaveOptions, progress=None) -> SaveResult
         res.path = target.commit()
     except BaseException as exc:
         left = target.abandon()
-        if left is None or not isinstance(exc, (OSError, KdumpyError)):
+        if left is None or not isinstance(exc, Exception):
             raise
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else _what(exc)
         raise DumpIncomplete(f"{left}: dump not finished ({why}); the partial dump is kept "
-                             "under this name, marked incomplete") from exc
+                             "under this name, marked incomplete", left) from exc
     res.dump_level = filt.level
     res.excluded = dict(filt.excluded)
-    res.notes = list(filt.notes)
+    res.notes = list(filt.notes) + res.notes
     return res
 
 
 class DumpIncomplete(KdumpyError):
-    """The dump could not be finished; the partial file is left as ``DEST.incomplete``."""
+    """The dump could not be finished; the partial file is left as ``DEST.incomplete``
+    (:attr:`left` names it)."""
+
+    def __init__(self, message: str, left: str | None = None) -> None:
+        super().__init__(message)
+        self.left = left
+
+
+class FilterFailed(KdumpyError):
+    """Page filtering failed on the crashed kernel's data (mem_section, struct page, a
+    VMCOREINFO value out of range): a lower dump level may still save the dump."""

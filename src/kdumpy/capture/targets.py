@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -40,29 +42,131 @@ INCOMPLETE_SUFFIX = ".incomplete"
 WRITEBACK_EVERY = 16 << 20
 
 
+def create_incomplete(final: str, *, unique: bool) -> tuple[int, str]:
+    """Create ``FINAL.incomplete`` for writing and return ``(fd, name)``.
+
+    The file is opened ``O_CREAT|O_EXCL|O_NOFOLLOW`` (mode 0600): nothing that is already
+    there, a symlink planted at the name included, is followed, truncated or reused. When
+    the name is taken and ``unique`` is set, ``FINAL.<random>.incomplete`` is created
+    instead, so two savers of the same ``FINAL`` each own their temporary file and never
+    rename each other's.
+    """
+    flags = (os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    name = final + INCOMPLETE_SUFFIX
+    for _ in range(100):
+        try:
+            fd = os.open(name, flags, 0o600)
+        except FileExistsError:
+            if not unique:
+                raise
+            name = f"{final}.{secrets.token_hex(4)}{INCOMPLETE_SUFFIX}"
+            continue
+        try:
+            os.fchmod(fd, 0o600)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd, name
+    raise FileExistsError(errno.EEXIST, "no free temporary name", final + INCOMPLETE_SUFFIX)
+
+
+def check_replaceable(dest: str, *, force: bool, display: str | None = None) -> None:
+    """Refuse a ``dest`` that must not be replaced: any existing one without ``force``;
+    with ``force``, anything but a regular file (``lstat``: a symlink is refused, never
+    followed; a directory gives ``IsADirectoryError``; device nodes and FIFOs are refused)."""
+    shown = display or dest
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", shown)
+    if not force:
+        raise TargetExistsError(f"{shown}: exists; kdumpy never overwrites a dump "
+                                "(remove it or pass --force)")
+    if not stat.S_ISREG(st.st_mode):
+        what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+        raise TargetExistsError(f"{shown}: {what}; --force replaces only regular files")
+
+
+def install(tmp: str, dest: str, *, force: bool, display: str | None = None) -> None:
+    """Rename the finished ``tmp`` to ``dest``.
+
+    Without ``force`` an existing ``dest`` is never replaced, even one created since the
+    start: ``renameat2(RENAME_NOREPLACE)``, or where the filesystem lacks it (NFS) a hard
+    link then unlink, which also fails on an existing name. With ``force`` only a regular
+    file is replaced (see :func:`check_replaceable`).
+    """
+    check_replaceable(dest, force=force, display=display)
+    if force:
+        os.replace(tmp, dest)
+        return
+    if _rename_noreplace(tmp, dest):
+        return
+    try:
+        os.link(tmp, dest, follow_symlinks=False)
+    except FileExistsError:
+        raise TargetExistsError(f"{display or dest}: exists; kdumpy never overwrites a dump "
+                                "(remove it or pass --force)") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV):
+            raise
+        check_replaceable(dest, force=False, display=display)  # no hard links here (vfat)
+        os.replace(tmp, dest)
+        return
+    os.unlink(tmp)
+
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+_renameat2 = None
+
+
+def _rename_noreplace(src: str, dst: str) -> bool:
+    """``renameat2(..., RENAME_NOREPLACE)`` (Linux 3.15, glibc 2.28); False where the
+    system or the filesystem does not offer it. EEXIST becomes :class:`TargetExistsError`."""
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                           ctypes.c_uint]
+            _renameat2 = fn
+        except (OSError, AttributeError):
+            _renameat2 = False
+    if _renameat2 is False:
+        return False
+    import ctypes
+    if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
+                  _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        raise TargetExistsError(f"{dst}: exists; kdumpy never overwrites a dump "
+                                "(remove it or pass --force)")
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), src)
+
+
 class LocalTarget:
     """A dump file on a local (or NFS-mounted) filesystem, finished atomically."""
 
     def __init__(self, dest: str, *, force: bool = False, flattened: bool = False) -> None:
         self.dest = os.path.abspath(dest)
-        self.tmp = self.dest + INCOMPLETE_SUFFIX
         self.force = force
         self.flattened = flattened
-        if os.path.lexists(self.dest) and not force:
-            raise TargetExistsError(f"{dest}: exists; kdumpy never overwrites a dump "
-                                    "(remove it or pass --force)")
+        check_replaceable(self.dest, force=force, display=dest)
         make_private_dirs(os.path.dirname(self.dest))
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         try:
-            self.fd = os.open(self.tmp, flags, 0o600)
+            self.fd, self.tmp = create_incomplete(self.dest, unique=force)
         except FileExistsError:
-            if not force:
-                raise TargetExistsError(
-                    f"{self.tmp}: an unfinished dump is already there; move it away or pass "
-                    "--force") from None
-            os.unlink(self.tmp)
-            self.fd = os.open(self.tmp, flags, 0o600)
-        os.fchmod(self.fd, 0o600)
+            raise TargetExistsError(
+                f"{self.dest}{INCOMPLETE_SUFFIX}: an unfinished dump is already there; move "
+                "it away or pass --force") from None
         self._stream: BinaryIO | None = None
         if flattened:
             self._stream = os.fdopen(os.dup(self.fd), "wb", buffering=1 << 20)
@@ -70,14 +174,22 @@ class LocalTarget:
         else:
             self.sink = FileSink(self.fd, writeback_every=WRITEBACK_EVERY)
 
+    def _close(self) -> None:
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            stream.close()
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
     def commit(self) -> str:
         """Flush, fsync, rename into place and fsync the directory; return the final path."""
         self.sink.close()
         if self._stream is not None:
-            self._stream.close()
+            self._stream.flush()
         os.fsync(self.fd)
-        os.close(self.fd)
-        os.replace(self.tmp, self.dest)
+        self._close()
+        install(self.tmp, self.dest, force=self.force)
         _fsync_dir(os.path.dirname(self.dest))
         return self.dest
 
@@ -89,14 +201,25 @@ class LocalTarget:
                 self._stream.close()
         except OSError:
             pass
+        self._stream = None
+        if self.fd >= 0:
+            try:
+                os.fsync(self.fd)
+            except OSError:
+                pass
         try:
-            os.fsync(self.fd)
-            empty = os.fstat(self.fd).st_size == 0
+            empty = os.lstat(self.tmp).st_size == 0
         except OSError:
             empty = False
-        os.close(self.fd)
+        try:
+            self._close()
+        except OSError:
+            pass
         if empty:  # nothing was written: there is no partial dump to keep
-            os.unlink(self.tmp)
+            try:
+                os.unlink(self.tmp)
+            except OSError:
+                pass
             return None
         return self.tmp
 
@@ -153,18 +276,16 @@ def _fsync_dir(path: str) -> None:
 def write_file_atomic(path: str, data: bytes, *, replace: bool = False) -> str:
     """Write a small file (``dmesg.txt``, ``report.json``, kdumpy's state) atomically.
 
-    ``PATH.incomplete`` (mode 0600; new parent directories 0700) is written, fsynced and
+    A new ``PATH.incomplete`` (or ``PATH.<random>.incomplete`` when that name is taken; see
+    :func:`create_incomplete`: never an existing file or a symlink) is written, fsynced and
     renamed to ``PATH``, then the directory is fsynced. An existing ``PATH`` is replaced only
-    with ``replace`` (kdumpy's own state files); a dump's files are never overwritten.
+    with ``replace`` and only if it is a regular file (:func:`install`).
     """
     path = os.path.abspath(path)
-    if not replace and os.path.lexists(path):
-        raise TargetExistsError(f"{path}: exists; not overwritten (pass --force)")
+    check_replaceable(path, force=replace)
     make_private_dirs(os.path.dirname(path))
-    tmp = path + INCOMPLETE_SUFFIX
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd, tmp = create_incomplete(path, unique=True)
     try:
-        os.fchmod(fd, 0o600)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
@@ -177,7 +298,14 @@ def write_file_atomic(path: str, data: bytes, *, replace: bool = False) -> str:
             pass
         raise
     os.close(fd)
-    os.replace(tmp, path)
+    try:
+        install(tmp, path, force=replace)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     _fsync_dir(os.path.dirname(path))
     return path
 

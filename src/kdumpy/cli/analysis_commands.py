@@ -6,32 +6,71 @@ import argparse
 import json
 import sys
 
+from kdumpy.errors import KdumpyError
+
+
+#: exit status of ``dmesg`` and ``report`` when the kernel log could not be read (the rest
+#: of the report, if any, is still printed)
+EXIT_NO_LOG = 1
+
+
+def _unreadable(what: str, exc: BaseException) -> KdumpyError:
+    """A failure of any type while reading the crashed kernel's structures, as one line (its
+    memory may hold anything: the failure is the dump's, not kdumpy's)."""
+    if isinstance(exc, KdumpyError):
+        return exc
+    return KdumpyError(f"{what} could not be read: {type(exc).__name__}: {exc}")
+
 
 def cmd_dmesg(args: argparse.Namespace) -> int:
     from kdumpy.analysis import format_dmesg, read_kernel_log
+    from kdumpy.cli.dump_commands import check_random_access
     from kdumpy.dump import open_dump
+    check_random_access(args.dumps)
     with open_dump(args.dumps) as mem:
-        log = read_kernel_log(mem, since_clear=args.since_clear)
+        try:
+            log = read_kernel_log(mem, since_clear=args.since_clear)
+        except Exception as exc:  # noqa: BLE001
+            raise _unreadable(f"{mem.path}: the kernel log", exc) from None
+        incomplete = mem.incomplete
+        path = mem.path
     for w in log.warnings:
         print(f"kdumpy: warning: {w}", file=sys.stderr)
     sys.stdout.buffer.write(format_dmesg(log, caller=args.caller))
     sys.stdout.flush()
+    if not log.records and not log.raw and not args.since_clear:
+        why = " (the dump is marked incomplete)" if incomplete else ""
+        print(f"kdumpy: {path}: no kernel log record could be read{why}", file=sys.stderr)
+        return EXIT_NO_LOG
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from kdumpy.analysis import build_report, format_report
+    from kdumpy.cli.dump_commands import check_random_access
     from kdumpy.dump import open_dump
+    check_random_access(args.dumps)
     with open_dump(args.dumps) as mem:
-        report = build_report(mem, log_lines=args.lines, vmlinux=args.vmlinux,
-                              backtrace=not args.no_backtrace)
+        try:
+            report = build_report(mem, log_lines=args.lines, vmlinux=args.vmlinux,
+                                  backtrace=not args.no_backtrace)
+        except Exception as exc:  # noqa: BLE001
+            raise _unreadable(f"{mem.path}: the crash report", exc) from None
+        path = mem.path
     if args.json:
-        json.dump(report, sys.stdout, indent=2, sort_keys=True)
+        json.dump(report, sys.stdout, indent=2, sort_keys=True, default=str)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(format_report(report))
-        if not format_report(report).endswith("\n"):
+        text = format_report(report)
+        sys.stdout.write(text)
+        if not text.endswith("\n"):
             sys.stdout.write("\n")
+    sys.stdout.flush()
+    log = report.get("log") or {}
+    if not log.get("source") or not log.get("records"):
+        print(f"kdumpy: {path}: the kernel log could not be read; the report lacks the panic "
+              "message and the log tail", file=sys.stderr)
+        return EXIT_NO_LOG
     return 0
 
 

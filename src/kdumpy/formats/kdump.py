@@ -655,7 +655,11 @@ class KdumpWriter:
         self.next_rank = 0
 
     def write_headers(self) -> None:
+        """Headers, notes and (when given whole) the bitmaps. The header goes out with
+        ``DUMP_DH_COMPRESSED_INCOMPLETE`` set: only :meth:`finish` clears it, once every page
+        has landed, so a file cut short by a kill or a power loss is marked incomplete."""
         lay, bs, sink = self.layout, self.page_size, self.sink
+        self.header.status |= codecs.DUMP_DH_COMPRESSED_INCOMPLETE
         sink.pwrite(0, self.header.pack(self.arch).ljust(bs, b"\0"))
         sub = self.sub.pack(self.arch) + self._notes
         sink.pwrite(lay.sub_offset, sub.ljust(lay.sub_hdr_size * bs, b"\0"))
@@ -663,16 +667,13 @@ class KdumpWriter:
         used = (self.max_mapnr + 7) >> 3
         for i in (0, 1):
             off = lay.bitmap1_offset + i * nbytes
-            whole = self._bitmaps[i]
-            if whole is not None:
-                self._put_bits(off, 0, whole[:used])
-            if used < nbytes and getattr(sink, "seekable", False):
-                # a new file reads zeros where nothing was written: one byte sets its size
-                sink.pwrite(off + nbytes - 1, b"\0")
-            elif used < nbytes:
-                pad = nbytes - used
-                for s in range(0, pad, 1 << 22):
-                    sink.pwrite(off + used + s, bytes(min(1 << 22, pad - s)))
+            if self._bitmaps[i] is not None:
+                self._put_bits(off, 0, self._bitmaps[i][:used])
+        # Bitmap bytes are written only where a bit is set (_put_bits): the rest is a hole of
+        # a regular file, or no record of a flattened stream, both of which read as zeros, so
+        # a sparse physical address space costs no output. The region's last byte is always
+        # written, so that the file reaches the descriptor table even when no page follows.
+        sink.pwrite(lay.bitmap1_offset + 2 * nbytes - 1, b"\0")
         if self._share_zero:
             self.zero_offset = self.data_cursor
             sink.pwrite(self.data_cursor, bytes(bs))
@@ -693,21 +694,24 @@ class KdumpWriter:
         if self.max_mapnr & 7 and first_byte + len(raw) == used and len(raw):
             raw = raw.copy()
             raw[-1] &= (1 << (self.max_mapnr & 7)) - 1
-        sparse = getattr(self.sink, "seekable", False)
-        for s in range(0, len(raw), 1 << 22):
-            part = raw[s:s + (1 << 22)]
-            if sparse and not part.any() and first_byte + s + len(part) < self.layout.bitmap_len:
-                continue      # left a hole in the new file: no gigabytes of zeros on disk
-            self.sink.pwrite(offset + first_byte + s, part.tobytes())
+        step = 1 << 16
+        for s in range(0, len(raw), step):
+            piece = raw[s:s + step]
+            if piece.any():       # all-zero pieces stay holes (see write_headers)
+                self.sink.pwrite(offset + first_byte + s, piece.tobytes())
 
     def write_stored(self, count: int, zero: np.ndarray | None, sizes: np.ndarray,
-                     flags: np.ndarray, parts: list) -> None:
+                     flags: np.ndarray, parts: list, *, lost: np.ndarray | None = None) -> None:
         """Descriptors and data of the next ``count`` dumpable pages, in PFN order.
 
         ``zero`` (None: no zero page among them) marks the pages that point at the shared
-        zero page; ``sizes``, ``flags`` and ``parts`` (the stored bytes) describe the others,
-        whose data is written with one gathered write.
+        zero page; ``lost`` (None: none) the pages whose data is lost (descriptor all zero,
+        offset 0, as an incomplete dump leaves them); ``sizes``, ``flags`` and ``parts``
+        (the stored bytes) describe the others, whose data is written with one gathered
+        write.
         """
+        if lost is not None:
+            zero = (np.zeros(count, dtype=bool) if zero is None else zero) | lost
         descs = np.zeros(count, dtype=self.arch.desc_dtype)
         ends = np.cumsum(sizes)
         stored = int(ends[-1]) if len(ends) else 0
@@ -724,6 +728,8 @@ class KdumpWriter:
             descs["offset"][keep] = offs
             descs["size"][keep] = sizes
             descs["flags"][keep] = flags
+            if lost is not None:
+                descs[lost] = 0
         desc_at = self.layout.desc_offset + 24 * self.next_rank
         self.sink.pwrite(desc_at, descs.data.cast("B"))
         if stored:
@@ -740,6 +746,17 @@ class KdumpWriter:
                 raise
         self.data_cursor += stored
         self.next_rank += count
+
+    def finish(self) -> None:
+        """Clear the incomplete mark: the data is synced first (a sink with ``sync``), so
+        the cleared header never reaches the disk ahead of the pages it vouches for. On a
+        flattened stream the clean header is one more record for offset 0, which replaces
+        the first on reassembly (later records win)."""
+        sync = getattr(self.sink, "sync", None)
+        if sync is not None:
+            sync()
+        self.header.status &= ~codecs.DUMP_DH_COMPRESSED_INCOMPLETE
+        self.sink.pwrite(0, self.header.pack(self.arch))
 
     def mark_incomplete(self) -> None:
         """Set COMPRESSED_INCOMPLETE in the header (only a seekable sink can go back)."""

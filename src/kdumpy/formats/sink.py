@@ -80,6 +80,10 @@ class FileSink:
             self._kick_lo = -1
             self._kick_hi = 0
 
+    def sync(self) -> None:
+        """Wait until everything written so far is on disk."""
+        os.fsync(self.fd)
+
     def close(self) -> None:
         pass
 

@@ -323,10 +323,16 @@ def load_config(path: str | None, *, must_exist: bool = False) -> Config:
 
 def parse_config(raw: bytes | str, source: str = "<config>") -> Config:
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    # Editors on other systems save UTF-8 with a byte order mark; TOML text is UTF-8 and the
+    # mark carries nothing
+    text = text.removeprefix("\ufeff")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError(f"{source}: not valid TOML: values nested too deeply") from None
     values: dict[str, dict[str, Any]] = {}
     for section, body in data.items():
         if section not in SCHEMA:

@@ -41,6 +41,9 @@ from kdumpy.errors import KdumpyError
 from kdumpy.setup.sizes import ULLONG_MAX, char_at, format_size, human, memparse
 
 SZ_128M = 128 << 20
+#: x86_64 MAX_PHYSMEM_BITS with 5-level paging (52; 46 with 4 levels): no RAM lies above
+MAX_PHYS_BITS = 52
+MAX_PHYS_ADDR = 1 << MAX_PHYS_BITS
 SZ_4G = 4 << 30
 NAME = "crashkernel="
 
@@ -390,6 +393,16 @@ def evaluate(cmdline: str, ram: int, rules: KernelRules | None = None) -> Reserv
         elif not chosen.size:
             ex.append("size 0: nothing is reserved")
         ex.extend(out.notes)
+        return res
+    if chosen.base and chosen.base + chosen.size > MAX_PHYS_ADDR:
+        # memparse wraps a too-large number (simple_strtoull ignores overflow, the suffix
+        # shift drops high bits); the fixed-base allocation
+        # (memblock_phys_alloc_range(size, align, base, base + size)) then finds no RAM there
+        res.error = "crashkernel reservation failed - memory is in use."
+        res.kernel_messages = out.messages + [res.error]
+        ex.append(f"{chosen.word}: the offset is {chosen.base:#x} (memparse keeps 64 bits), "
+                  f"beyond the {MAX_PHYS_BITS}-bit physical address space: there is no RAM "
+                  f"there; the kernel logs \"{res.error}\" and reserves nothing")
         return res
     res.reserved = True
     res.size = chosen.size
