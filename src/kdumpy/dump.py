@@ -240,7 +240,7 @@ class Dump(ABC):
     def lost_bits(self, start: int, count: int) -> np.ndarray | None:
         if not self.incomplete:
             return None
-        lost = bm.bits_range(super().dumpable_bits(start, count), 0, count)
+        lost = bm.bits_range(self.dumpable_bitmap(), start, count)
         lost &= ~self._stored(start, count)
         return lost if lost.any() else None
 
@@ -560,7 +560,7 @@ class ElfDump(Dump):
     def lost_bits(self, start: int, count: int) -> np.ndarray | None:
         if not self.incomplete:
             return None
-        lost = bm.bits_range(super().dumpable_bits(start, count), 0, count)
+        lost = bm.bits_range(self.dumpable_bitmap(), start, count)
         lost &= ~self._stored(start, count)
         return lost if lost.any() else None
 
@@ -706,7 +706,7 @@ class KdumpDump(Dump):
     def lost_bits(self, start: int, count: int) -> np.ndarray | None:
         if not self.incomplete:
             return None
-        lost = bm.bits_range(super().dumpable_bits(start, count), 0, count)
+        lost = bm.bits_range(self.dumpable_bitmap(), start, count)
         lost &= ~self._stored(start, count)
         return lost if lost.any() else None
 
