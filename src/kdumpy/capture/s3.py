@@ -239,6 +239,11 @@ class S3Directory:
         except Exception as exc:  # noqa: BLE001
             raise s3_error(exc, self.describe(rel)) from None
 
+    def list_files(self) -> Iterator[str]:
+        """Every object key below the prefix, relative to it (the crash index)."""
+        for key, _size in self.list_keys():
+            yield key
+
     def dump_target(self, rel: str, *, flattened: bool = True) -> S3Target:
         return S3Target(self, rel)
 

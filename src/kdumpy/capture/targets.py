@@ -407,6 +407,26 @@ class SshDirectory:
     def remove_tree(self, rel: str) -> None:
         raise KdumpyError("ssh: removing remote dumps is not supported")
 
+    def list_files(self, depth: int = 4) -> list[str]:
+        """Regular files below the directory (``find -maxdepth``), relative to it, for the
+        crash index; names with a newline are skipped."""
+        out = self.run(f"cd -- {q(self.remote_path())} && find . -maxdepth {int(depth)} "
+                       "-type f", "find")
+        return [ln[2:] for ln in out.splitlines() if ln.startswith("./")]
+
+    def get(self, rel: str) -> bytes:
+        """One small remote file's bytes (``cat``)."""
+        try:
+            proc = subprocess.run(self.argv(f"cat -- {q(self.remote_path(rel))}"),
+                                  stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=self.timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise OSError(errno.ETIMEDOUT, f"ssh: reading {rel} timed out") from None
+        if proc.returncode != 0:
+            raise _ssh_error(proc.returncode, proc.stderr.decode("utf-8", "replace"),
+                             self.describe(rel))
+        return proc.stdout
+
 
 def _ssh_error(rc: int, stderr: str, what: str) -> OSError:
     """An OSError for a failed remote command: ENOSPC when the server said so."""
