@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import socket
 import sys
@@ -225,9 +226,14 @@ class CaptureSession:
         directory: LocalDirectory | SshDirectory
         if t.kind == "ssh":
             assert t.host is not None
-            directory = SshDirectory(t.host, t.path, user=t.user, port=t.port,
-                                     key=self.paths.path(t.ssh_key) if t.ssh_key else None,
-                                     options=t.ssh_options)
+            from kdumpy.setup.propagate import DEFAULT_KEY, DEFAULT_KNOWN_HOSTS
+            key = self.paths.path(t.ssh_key or DEFAULT_KEY)
+            known = self.paths.path(t.ssh_known_hosts or DEFAULT_KNOWN_HOSTS)
+            directory = SshDirectory(
+                t.host, t.path, user=t.user, port=t.port,
+                key=key if t.ssh_key or os.path.exists(key) else None,
+                known_hosts=known if t.ssh_known_hosts or os.path.exists(known) else None,
+                options=t.ssh_options)
         elif t.kind == "s3":
             from kdumpy.capture.s3 import open_s3_directory
             directory = open_s3_directory(t, self.paths.path)

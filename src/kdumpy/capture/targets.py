@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
@@ -288,6 +289,10 @@ class NfsMount:
 
 q = shlex.quote
 
+#: control commands (mkdir, df, rename) over ssh: attempts and the time they may take
+SSH_ATTEMPTS = 5
+SSH_RETRY_FOR = 60.0
+
 
 class SshDirectory:
     """A dump directory tree on an SSH server (OpenSSH client, argv only).
@@ -301,7 +306,9 @@ class SshDirectory:
 
     def __init__(self, host: str, path: str, *, user: str | None = None,
                  port: int | None = None, key: str | None = None,
-                 options: Sequence[str] = (), ssh: str = "ssh", timeout: float = 120.0) -> None:
+                 options: Sequence[str] = (), ssh: str = "ssh", timeout: float = 120.0,
+                 known_hosts: str | None = None, attempts: int = SSH_ATTEMPTS,
+                 retry_for: float = SSH_RETRY_FOR) -> None:
         if host.startswith("-") or (user or "").startswith("-"):
             raise KdumpyError(f"ssh: bad host or user name {host!r}")
         self.host = host
@@ -310,8 +317,14 @@ class SshDirectory:
         self.port = port
         self.key = key
         self.options = list(options)
+        if known_hosts:         # the pinned host key only; a changed one is refused
+            self.options += [f"UserKnownHostsFile={known_hosts}",
+                             "GlobalKnownHostsFile=/dev/null", "StrictHostKeyChecking=yes"]
         self.ssh = ssh
         self.timeout = timeout
+        self.attempts = max(1, attempts)
+        self.retry_for = retry_for
+        self.sleep: Callable[[float], None] = time.sleep
 
     def describe(self, rel: str = "") -> str:
         who = f"{self.user}@{self.host}" if self.user else self.host
@@ -337,6 +350,23 @@ class SshDirectory:
         return argv + ["--", self.host, command]
 
     def run(self, command: str, what: str) -> str:
+        """Run a remote command; a failure of ssh itself (exit 255: no route, refused,
+        reset, timeout) is retried up to ``attempts`` times within ``retry_for`` seconds,
+        waiting 1, 2, 4... s between (kdump-tools retries its ssh 16 times)."""
+        deadline = time.monotonic() + self.retry_for
+        delay = 1.0
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return self._run_once(command, what)
+            except OSError as exc:
+                if exc.errno not in (errno.ECONNABORTED, errno.ETIMEDOUT) or \
+                        attempt == self.attempts or time.monotonic() + delay > deadline:
+                    raise
+            self.sleep(delay)
+            delay = min(delay * 2, 16.0)
+        raise AssertionError("unreachable")
+
+    def _run_once(self, command: str, what: str) -> str:
         try:
             proc = subprocess.run(self.argv(command), stdin=subprocess.DEVNULL,
                                   capture_output=True, text=True, timeout=self.timeout,
@@ -436,6 +466,11 @@ def _ssh_error(rc: int, stderr: str, what: str) -> OSError:
         return OSError(errno.ENOSPC, f"{what}: no space left on the server ({last})")
     if rc < 0:
         return OSError(errno.ECONNABORTED, f"{what}: ssh was killed by signal {-rc}")
+    if rc == 255 and ("Host key verification failed" in (stderr or "") or
+                      "Permission denied" in (stderr or "") or
+                      "REMOTE HOST IDENTIFICATION HAS CHANGED" in (stderr or "")):
+        # authentication or the pinned host key refused: retrying cannot help
+        return OSError(errno.EACCES, f"{what}: ssh refused: {last}")
     if rc == 255:
         return OSError(errno.ECONNABORTED, f"{what}: ssh failed: {last or 'connection lost'}")
     return OSError(errno.EIO, f"{what}: remote command failed (exit {rc}){': ' + last if last else ''}")

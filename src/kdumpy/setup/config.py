@@ -21,8 +21,9 @@ with one line naming the file and the key. Example::
     [target]                  # exactly one of path, ssh, nfs, s3
     path = "/var/crash"
     # ssh = "ssh://kdump@backup.example.com:22/srv/crash"
-    # ssh_key = "/root/.ssh/kdumpy_id_ed25519"
+    # ssh_key = "/etc/kdumpy/ssh/id_ed25519"   # default; created by kdumpy propagate
     # ssh_options = ["StrictHostKeyChecking=yes"]
+    # ssh_known_hosts = "/etc/kdumpy/ssh/known_hosts"   # default; written by kdumpy propagate
     # nfs = "nfs://filer.example.com/export/crash"
     # nfs_options = "vers=4.2,timeo=600"   # default nolock,tcp,soft,timeo=600,retrans=3
     # s3 = "s3://crash-bucket/fleet"
@@ -108,6 +109,7 @@ class TargetConfig:
     port: int | None = None
     ssh_key: str | None = None
     ssh_options: list[str] = field(default_factory=list)
+    ssh_known_hosts: str | None = None  # pinned host keys (kdumpy propagate)
     nfs_source: str | None = None     # host:/export/dir as mount(8) takes it
     nfs_options: str | None = None
     s3_url: str | None = None         # s3://bucket/prefix
@@ -269,7 +271,8 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
              "format": _choice(FORMATS), "threads": _int_range(0, 1024),
              "keep": _int_range(0), "min_free": _size, "allow_partial_filter": _bool},
     "target": {"path": _abs_path, "ssh": _str, "ssh_key": _abs_path,
-               "ssh_options": _ssh_options, "nfs": _str, "nfs_options": _str,
+               "ssh_options": _ssh_options, "ssh_known_hosts": _abs_path,
+               "nfs": _str, "nfs_options": _str,
                "s3": _str, "s3_endpoint": _str, "s3_region": _str,
                "s3_credentials": _abs_path, "fallback_path": _abs_path},
     "actions": {"failure": _choice(ACTIONS), "final": _choice(ACTIONS)},
@@ -416,7 +419,8 @@ def _target(t: dict[str, Any], source: str) -> TargetConfig:
         raise ConfigError(f"{source}: target: more than one target ({', '.join(kinds)}); "
                           "set exactly one of path, ssh, nfs, s3")
     kind = kinds[0] if kinds else "path"
-    for key, needs in (("ssh_key", "ssh"), ("ssh_options", "ssh"), ("nfs_options", "nfs"),
+    for key, needs in (("ssh_key", "ssh"), ("ssh_options", "ssh"), ("ssh_known_hosts", "ssh"),
+                       ("nfs_options", "nfs"),
                        ("s3_endpoint", "s3"), ("s3_region", "s3"), ("s3_credentials", "s3")):
         if key in t and kind != needs:
             raise ConfigError(f"{source}: target.{key}: only applies to an {needs} target")
@@ -431,6 +435,7 @@ def _target(t: dict[str, Any], source: str) -> TargetConfig:
             tc.user, tc.host, tc.port, tc.path = parse_ssh_url(t["ssh"])
             tc.ssh_key = t.get("ssh_key")
             tc.ssh_options = t.get("ssh_options", [])
+            tc.ssh_known_hosts = t.get("ssh_known_hosts")
         elif kind == "nfs":
             tc.nfs_source = parse_nfs_url(t["nfs"])
             tc.nfs_options = t.get("nfs_options")
