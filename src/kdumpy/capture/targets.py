@@ -248,36 +248,67 @@ RunFn = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
 
 def run_argv(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True, check=False,
+                              timeout=NFS_MOUNT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(list(argv), 124, "", f"{argv[0]}: no answer in "
+                                                                  f"{NFS_MOUNT_TIMEOUT:.0f} s")
+    except FileNotFoundError:
+        return subprocess.CompletedProcess(list(argv), 127, "", f"{argv[0]}: not found")
+
+
+#: kdump-tools' mount options for the capture kernel (``kdump-config``: ``-o nolock -o tcp
+#: -o soft -o timeo=${NFS_TIMEO:=600} -o retrans=${NFS_RETRANS:=3}``): no lock daemon is
+#: running there (nolock); a server that stops answering fails the write after
+#: retrans x 60 s instead of hanging the capture kernel forever (soft, timeo in 0.1 s)
+NFS_DEFAULT_OPTIONS = "nolock,tcp,soft,timeo=600,retrans=3"
+#: mount attempts (kdump-tools: NFS_MOUNT_RETRY=4, 3 s apart) and the time one may take
+NFS_MOUNT_ATTEMPTS = 4
+NFS_MOUNT_WAIT = 3.0
+NFS_MOUNT_TIMEOUT = 120.0
 
 
 class NfsMount:
-    """``mount -t nfs [-o OPTIONS] HOST:/EXPORT MOUNTPOINT`` and its ``umount``, as argv."""
+    """``mount -t nfs -o OPTIONS HOST:/EXPORT MOUNTPOINT`` and its ``umount``, as argv.
+
+    OPTIONS are :data:`NFS_DEFAULT_OPTIONS` followed by the configured ones (mount.nfs
+    takes the last value of an option given twice, so ``hard`` or ``timeo=100`` in the
+    config win). A failed mount is tried :data:`NFS_MOUNT_ATTEMPTS` times in all,
+    :data:`NFS_MOUNT_WAIT` s apart, each bounded by :data:`NFS_MOUNT_TIMEOUT`.
+    """
 
     def __init__(self, source: str, mountpoint: str, options: str | None = None, *,
-                 run: RunFn = run_argv) -> None:
+                 run: RunFn = run_argv, attempts: int = NFS_MOUNT_ATTEMPTS,
+                 wait: float = NFS_MOUNT_WAIT) -> None:
         self.source = source
         self.mountpoint = mountpoint
-        self.options = options
+        self.options = ",".join(o for o in (NFS_DEFAULT_OPTIONS, options) if o)
         self.run = run
+        self.attempts = max(1, attempts)
+        self.wait = wait
+        self.sleep: Callable[[float], None] = time.sleep
         self.mounted_here = False
 
     def argv(self) -> list[str]:
-        argv = ["mount", "-t", "nfs"]
-        if self.options:
-            argv += ["-o", self.options]
-        return argv + ["--", self.source, self.mountpoint]
+        return ["mount", "-t", "nfs", "-o", self.options, "--", self.source, self.mountpoint]
 
     def mount(self) -> None:
         make_private_dirs(self.mountpoint)
         if os.path.ismount(self.mountpoint):
             return
-        proc = self.run(self.argv())
-        if proc.returncode != 0:
+        last = ""
+        for attempt in range(1, self.attempts + 1):
+            if attempt > 1:
+                self.sleep(self.wait)
+            proc = self.run(self.argv())
+            if proc.returncode == 0:
+                self.mounted_here = True
+                return
             msg = (proc.stderr or proc.stdout or "").strip().splitlines()
-            raise KdumpyError(f"mount {self.source} on {self.mountpoint} failed (exit "
-                              f"{proc.returncode}){': ' + msg[-1] if msg else ''}")
-        self.mounted_here = True
+            last = f"exit {proc.returncode}{': ' + msg[-1] if msg else ''}"
+        raise KdumpyError(f"mount {self.source} on {self.mountpoint} failed {self.attempts} "
+                          f"times ({last})")
 
     def umount(self) -> None:
         if self.mounted_here:
