@@ -229,3 +229,27 @@ def test_s3_url_and_config_validation():
                      's3_credentials = "/c"\n')
     with pytest.raises(ConfigError, match="fallback_path: only applies"):
         parse_config('[target]\npath = "/var/crash"\nfallback_path = "/x"\n')
+
+
+def test_status_findings_for_s3_and_the_fallback(seaweed, vmcore, tmp_path):
+    from kdumpy.setup.target_status import network_target_findings
+    root = root_with_credentials(tmp_path, seaweed)
+    paths = SystemPaths(str(root))
+    good = parse_config(config(seaweed.endpoint))
+    assert [f[0] for f in network_target_findings(good, paths)] == ["ok"]
+    down = parse_config(config(f"http://127.0.0.1:{free_port()}",
+                               extra='fallback_path = "/var/crash"\n'))
+    t0 = time.monotonic()
+    sev, what, detail, _fix = network_target_findings(down, paths)[0]
+    assert (sev, what) == ("error", "s3 target") and "unreachable" in detail
+    assert time.monotonic() - t0 < 60
+    # a capture that fell back: status says so after the reboot
+    res, _actions, _log, _ = capture(config(f"http://127.0.0.1:{free_port()}",
+                                            extra='fallback_path = "/var/crash"\n'), root, vmcore)
+    assert res.fallback is not None
+    last = network_target_findings(good, paths)[-1]
+    assert last[0] == "warning" and last[1] == "last capture"
+    assert "went to the local fallback" in last[2] and str(root / "var/crash") in last[2]
+    bad = root_with_credentials(tmp_path / "bad", seaweed, secret="nope")
+    sev, _what, detail, _ = network_target_findings(good, SystemPaths(str(bad)))[0]
+    assert sev == "error" and "refused the credentials" in detail
