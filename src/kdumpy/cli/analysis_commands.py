@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -63,7 +64,9 @@ def crash_store(args: argparse.Namespace):  # -> kdumpy.analysis.crash_index.Dum
     from kdumpy.errors import KdumpyError
     from kdumpy.setup.config import load_config, parse_ssh_url
     target = args.target
-    cfg = load_config(args.config).target if args.config else None
+    cfg = None
+    if target.startswith(("s3://", "ssh://")):
+        cfg = load_config(args.config or "/etc/kdumpy.toml", must_exist=bool(args.config)).target
     if target.startswith("s3://"):
         from kdumpy.capture.s3 import (S3Directory, make_client, parse_s3_url,
                                        read_credentials)
@@ -85,10 +88,15 @@ def crash_store(args: argparse.Namespace):  # -> kdumpy.analysis.crash_index.Dum
             user, host, port, path = parse_ssh_url(target)
         except Exception as exc:  # noqa: BLE001 - config's _Bad: one line
             raise KdumpyError(f"{target}: {exc}") from None
-        key = args.ssh_key or (cfg.ssh_key if cfg and cfg.kind == "ssh" else None)
-        opts = list(args.ssh_option or []) + (cfg.ssh_options if cfg and cfg.kind == "ssh"
-                                               else [])
-        return SshDirectory(host, path, user=user, port=port, key=key, options=opts)
+        from kdumpy.setup.propagate import DEFAULT_KEY, DEFAULT_KNOWN_HOSTS
+        mine = cfg is not None and cfg.kind == "ssh"
+        key = args.ssh_key or (cfg.ssh_key if mine else None) or \
+            (DEFAULT_KEY if os.path.exists(DEFAULT_KEY) else None)
+        known = (cfg.ssh_known_hosts if mine else None) or \
+            (DEFAULT_KNOWN_HOSTS if os.path.exists(DEFAULT_KNOWN_HOSTS) else None)
+        opts = list(args.ssh_option or []) + (cfg.ssh_options if mine else [])
+        return SshDirectory(host, path, user=user, port=port, key=key, options=opts,
+                            known_hosts=known)
     return LocalStore(target)
 
 
@@ -119,7 +127,8 @@ def register_crashes(sub: argparse._SubParsersAction) -> None:
                    help="a directory, ssh://[user@]host[:port]/dir or s3://bucket/prefix")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--config", metavar="PATH",
-                   help="take S3/SSH settings from this config's [target]")
+                   help="take S3/SSH settings from this config's [target] (default: "
+                        "/etc/kdumpy.toml when it exists)")
     p.add_argument("--s3-endpoint", metavar="URL")
     p.add_argument("--s3-region", metavar="REGION")
     p.add_argument("--s3-credentials", metavar="FILE",
