@@ -15,7 +15,9 @@ Directories for the capture session (:mod:`kdumpy.service`):
   ``umask 077 && cat > FILE.incomplete``; only after the local side has sent the end
   marker and ssh has exited 0 does a second connection ``sync`` and rename it. A broken
   connection therefore leaves ``.incomplete`` (and a stream without the end marker, which
-  reassembly rejects), never a file that looks complete.
+  reassembly rejects), never a file that looks complete. All commands of a session share
+  one authenticated connection (OpenSSH ControlMaster), and the control commands are
+  retried a bounded number of times when ssh itself fails (exit 255).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
@@ -323,6 +326,17 @@ q = shlex.quote
 #: control commands (mkdir, df, rename) over ssh: attempts and the time they may take
 SSH_ATTEMPTS = 5
 SSH_RETRY_FOR = 60.0
+#: seconds an idle shared connection stays open
+SSH_MASTER_PERSIST = 60
+
+
+def _close_master(argv: list[str], control_dir: str) -> None:
+    try:
+        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    shutil.rmtree(control_dir, ignore_errors=True)
 
 
 class SshDirectory:
@@ -339,7 +353,7 @@ class SshDirectory:
                  port: int | None = None, key: str | None = None,
                  options: Sequence[str] = (), ssh: str = "ssh", timeout: float = 120.0,
                  known_hosts: str | None = None, attempts: int = SSH_ATTEMPTS,
-                 retry_for: float = SSH_RETRY_FOR) -> None:
+                 retry_for: float = SSH_RETRY_FOR, multiplex: bool = True) -> None:
         if host.startswith("-") or (user or "").startswith("-"):
             raise KdumpyError(f"ssh: bad host or user name {host!r}")
         self.host = host
@@ -356,6 +370,8 @@ class SshDirectory:
         self.attempts = max(1, attempts)
         self.retry_for = retry_for
         self.sleep: Callable[[float], None] = time.sleep
+        self.multiplex = multiplex
+        self._control: str | None = None
 
     def describe(self, rel: str = "") -> str:
         who = f"{self.user}@{self.host}" if self.user else self.host
@@ -365,8 +381,7 @@ class SshDirectory:
     def remote_path(self, rel: str = "") -> str:
         return f"{self.path}/{rel}" if rel else self.path
 
-    def argv(self, command: str) -> list[str]:
-        """The ssh argv running ``command`` (already quoted) on the server."""
+    def _options_argv(self) -> list[str]:
         argv = [self.ssh]
         for opt in self.options:         # ssh keeps the first value given: the user's win
             argv += ["-o", opt]
@@ -378,7 +393,51 @@ class SshDirectory:
             argv += ["-p", str(self.port)]
         if self.user:
             argv += ["-l", self.user]
+        return argv
+
+    def argv(self, command: str) -> list[str]:
+        """The ssh argv running ``command`` (already quoted) on the server, over the shared
+        connection when one is open."""
+        argv = self._options_argv()
+        if self._control:
+            argv += ["-o", "ControlMaster=no", "-o", f"ControlPath={self._control}"]
         return argv + ["--", self.host, command]
+
+    def open_master(self) -> None:
+        """Open one authenticated connection that later commands share (OpenSSH's
+        ControlMaster): each command then costs a channel, not a key exchange and a login.
+        ``ssh -f`` returns once authenticated and leaves the master in the background; it
+        exits when the server goes away, after :data:`SSH_MASTER_PERSIST` s idle, or when
+        this object is collected (``ssh -O exit``). Raises like :meth:`run` when the
+        connection cannot be made."""
+        if self._control or not self.multiplex:
+            return
+        d = tempfile.mkdtemp(prefix="kdumpy-ssh-")
+        path = os.path.join(d, "master")
+        argv = self._options_argv() + ["-o", "ControlMaster=yes", "-o", f"ControlPath={path}",
+                                       "-o", f"ControlPersist={SSH_MASTER_PERSIST}", "-N",
+                                       "-f", "--", self.host]
+        with tempfile.TemporaryFile() as err:   # a file, not a pipe: the master keeps it
+            try:
+                proc = subprocess.run(argv, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=err,
+                                      timeout=self.timeout, check=False)
+            except FileNotFoundError:
+                shutil.rmtree(d, ignore_errors=True)
+                raise KdumpyError(f"{self.ssh}: not found (install openssh-client)") from None
+            except subprocess.TimeoutExpired:
+                shutil.rmtree(d, ignore_errors=True)
+                raise OSError(errno.ETIMEDOUT, f"ssh: no answer from {self.host} in "
+                                               f"{self.timeout:.0f} s") from None
+            err.seek(0)
+            stderr = err.read().decode("utf-8", "replace")
+        if proc.returncode != 0 or not os.path.exists(path):
+            shutil.rmtree(d, ignore_errors=True)
+            raise _ssh_error(proc.returncode or 255, stderr, f"{self.describe()}: connect")
+        self._control = path
+        weakref.finalize(self, _close_master,
+                         self._options_argv() + ["-o", f"ControlPath={path}", "-O", "exit",
+                                                 "--", self.host], d)
 
     def run(self, command: str, what: str) -> str:
         """Run a remote command; a failure of ssh itself (exit 255: no route, refused,
@@ -388,6 +447,7 @@ class SshDirectory:
         delay = 1.0
         for attempt in range(1, self.attempts + 1):
             try:
+                self.open_master()
                 return self._run_once(command, what)
             except OSError as exc:
                 if exc.errno not in (errno.ECONNABORTED, errno.ETIMEDOUT) or \
