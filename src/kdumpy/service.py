@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import socket
 import sys
@@ -90,6 +91,9 @@ class CaptureResult:
     #: stages that could not read the crashed kernel's structures: {stage: why}
     failures: dict[str, str] = field(default_factory=dict)
     time: str | None = None
+    #: set when a network target failed and the dump went to target.fallback_path:
+    #: {"from": target, "error": why, "status": its outcome, "vmcore": what it left}
+    fallback: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -186,6 +190,7 @@ class CaptureSession:
             res.status = FAILED if res.status != INCOMPLETE else INCOMPLETE
             res.error = _why(exc)
             self.log(f"failed: {res.error}")
+            self._fallback()
         except Exception as exc:  # noqa: BLE001 - a bug must still end in the failure action
             res.status = FAILED if res.status != INCOMPLETE else INCOMPLETE
             res.error = f"internal error: {type(exc).__name__}: {exc}"
@@ -211,8 +216,12 @@ class CaptureSession:
         bad = [h for h in hooks if not h.ok]
         if bad:
             raise KdumpyError(f"pre hook {bad[0].path} failed ({bad[0].error}); not saving")
+        self._hooks_passed = True
+        self._save_into(self._open_target())
+
+    def _save_into(self, directory: Any) -> None:
         from kdumpy.dump import open_dump
-        directory = self._open_target()
+        res = self.result
         res.target = directory.describe()
         with open_dump(self.vmcore) as mem:
             self._check_space(directory, mem)
@@ -232,9 +241,17 @@ class CaptureSession:
         directory: LocalDirectory | SshDirectory
         if t.kind == "ssh":
             assert t.host is not None
-            directory = SshDirectory(t.host, t.path, user=t.user, port=t.port,
-                                     key=self.paths.path(t.ssh_key) if t.ssh_key else None,
-                                     options=t.ssh_options)
+            from kdumpy.setup.propagate import DEFAULT_KEY, DEFAULT_KNOWN_HOSTS
+            key = self.paths.path(t.ssh_key or DEFAULT_KEY)
+            known = self.paths.path(t.ssh_known_hosts or DEFAULT_KNOWN_HOSTS)
+            directory = SshDirectory(
+                t.host, t.path, user=t.user, port=t.port,
+                key=key if t.ssh_key or os.path.exists(key) else None,
+                known_hosts=known if t.ssh_known_hosts or os.path.exists(known) else None,
+                options=t.ssh_options)
+        elif t.kind == "s3":
+            from kdumpy.capture.s3 import open_s3_directory
+            directory = open_s3_directory(t, self.paths.path)
         elif t.kind == "nfs":
             assert t.nfs_source is not None
             self._nfs = NfsMount(t.nfs_source, self.paths.nfs_mountpoint, t.nfs_options,
@@ -390,6 +407,31 @@ class CaptureSession:
                 self.log(f"retention: removed {directory.describe(name)}")
             except OSError as exc:
                 self.result.notes.append(f"retention: cannot remove {name}: {_why(exc)}")
+
+    def _fallback(self) -> None:
+        """A network target failed: save into ``target.fallback_path`` on the local root
+        filesystem instead (kdump-utils' ``dump_to_rootfs``), and record that it did."""
+        res, t = self.result, self.cfg.target
+        if t.kind == "path" or not t.fallback_path or res.status == COMPLETE or \
+                not getattr(self, "_hooks_passed", False):
+            return
+        failed = res.target or t.describe()
+        res.fallback = {"from": failed, "error": res.error, "status": res.status,
+                        "vmcore": res.vmcore}
+        note = f"{failed} failed ({res.error}); saving to {t.fallback_path} instead"
+        res.notes.append(note)
+        self.log(note)
+        res.status, res.error, res.vmcore, res.dump_dir, res.dump_level = (
+            FAILED, None, None, None, None)
+        res.files = []
+        try:
+            directory = LocalDirectory(self.paths.path(t.fallback_path))
+            directory.check()
+            self._save_into(directory)
+        except (KdumpyError, OSError) as exc:
+            res.status = FAILED if res.status != INCOMPLETE else INCOMPLETE
+            res.error = f"fallback {t.fallback_path}: {_why(exc)}"
+            self.log(f"failed: {res.error}")
 
     def _record(self) -> None:
         try:

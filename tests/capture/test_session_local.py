@@ -188,7 +188,8 @@ def test_nfs_target_mounts_with_argv(tmp_path, vmcore):
                                      'nfs_options = "vers=4.2,timeo=600"\n[dump]\nlevel = 1\n',
                            vmcore, run=fake_run)
     mnt = str(tmp_path / "run/kdumpy/nfs")
-    assert calls[0] == ["mount", "-t", "nfs", "-o", "vers=4.2,timeo=600", "--",
+    assert calls[0] == ["mount", "-t", "nfs", "-o",
+                        "nolock,tcp,soft,timeo=600,retrans=3,vers=4.2,timeo=600", "--",
                         "filer:/export/crash dir", mnt]
     assert calls[-1] == ["umount", "--", mnt]
     assert res.status == "complete" and res.dump_dir.startswith(mnt + "/box-")

@@ -15,7 +15,9 @@ Directories for the capture session (:mod:`kdumpy.service`):
   ``umask 077 && cat > FILE.incomplete``; only after the local side has sent the end
   marker and ssh has exited 0 does a second connection ``sync`` and rename it. A broken
   connection therefore leaves ``.incomplete`` (and a stream without the end marker, which
-  reassembly rejects), never a file that looks complete.
+  reassembly rejects), never a file that looks complete. All commands of a session share
+  one authenticated connection (OpenSSH ControlMaster), and the control commands are
+  retried a bounded number of times when ssh itself fails (exit 255).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
@@ -375,36 +379,67 @@ RunFn = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
 
 def run_argv(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True, check=False,
+                              timeout=NFS_MOUNT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(list(argv), 124, "", f"{argv[0]}: no answer in "
+                                                                  f"{NFS_MOUNT_TIMEOUT:.0f} s")
+    except FileNotFoundError:
+        return subprocess.CompletedProcess(list(argv), 127, "", f"{argv[0]}: not found")
+
+
+#: kdump-tools' mount options for the capture kernel (``kdump-config``: ``-o nolock -o tcp
+#: -o soft -o timeo=${NFS_TIMEO:=600} -o retrans=${NFS_RETRANS:=3}``): no lock daemon is
+#: running there (nolock); a server that stops answering fails the write after
+#: retrans x 60 s instead of hanging the capture kernel forever (soft, timeo in 0.1 s)
+NFS_DEFAULT_OPTIONS = "nolock,tcp,soft,timeo=600,retrans=3"
+#: mount attempts (kdump-tools: NFS_MOUNT_RETRY=4, 3 s apart) and the time one may take
+NFS_MOUNT_ATTEMPTS = 4
+NFS_MOUNT_WAIT = 3.0
+NFS_MOUNT_TIMEOUT = 120.0
 
 
 class NfsMount:
-    """``mount -t nfs [-o OPTIONS] HOST:/EXPORT MOUNTPOINT`` and its ``umount``, as argv."""
+    """``mount -t nfs -o OPTIONS HOST:/EXPORT MOUNTPOINT`` and its ``umount``, as argv.
+
+    OPTIONS are :data:`NFS_DEFAULT_OPTIONS` followed by the configured ones (mount.nfs
+    takes the last value of an option given twice, so ``hard`` or ``timeo=100`` in the
+    config win). A failed mount is tried :data:`NFS_MOUNT_ATTEMPTS` times in all,
+    :data:`NFS_MOUNT_WAIT` s apart, each bounded by :data:`NFS_MOUNT_TIMEOUT`.
+    """
 
     def __init__(self, source: str, mountpoint: str, options: str | None = None, *,
-                 run: RunFn = run_argv) -> None:
+                 run: RunFn = run_argv, attempts: int = NFS_MOUNT_ATTEMPTS,
+                 wait: float = NFS_MOUNT_WAIT) -> None:
         self.source = source
         self.mountpoint = mountpoint
-        self.options = options
+        self.options = ",".join(o for o in (NFS_DEFAULT_OPTIONS, options) if o)
         self.run = run
+        self.attempts = max(1, attempts)
+        self.wait = wait
+        self.sleep: Callable[[float], None] = time.sleep
         self.mounted_here = False
 
     def argv(self) -> list[str]:
-        argv = ["mount", "-t", "nfs"]
-        if self.options:
-            argv += ["-o", self.options]
-        return argv + ["--", self.source, self.mountpoint]
+        return ["mount", "-t", "nfs", "-o", self.options, "--", self.source, self.mountpoint]
 
     def mount(self) -> None:
         make_private_dirs(self.mountpoint)
         if os.path.ismount(self.mountpoint):
             return
-        proc = self.run(self.argv())
-        if proc.returncode != 0:
+        last = ""
+        for attempt in range(1, self.attempts + 1):
+            if attempt > 1:
+                self.sleep(self.wait)
+            proc = self.run(self.argv())
+            if proc.returncode == 0:
+                self.mounted_here = True
+                return
             msg = (proc.stderr or proc.stdout or "").strip().splitlines()
-            raise KdumpyError(f"mount {self.source} on {self.mountpoint} failed (exit "
-                              f"{proc.returncode}){': ' + msg[-1] if msg else ''}")
-        self.mounted_here = True
+            last = f"exit {proc.returncode}{': ' + msg[-1] if msg else ''}"
+        raise KdumpyError(f"mount {self.source} on {self.mountpoint} failed {self.attempts} "
+                          f"times ({last})")
 
     def umount(self) -> None:
         if self.mounted_here:
@@ -415,6 +450,21 @@ class NfsMount:
 # -- SSH ------------------------------------------------------------------------------------
 
 q = shlex.quote
+
+#: control commands (mkdir, df, rename) over ssh: attempts and the time they may take
+SSH_ATTEMPTS = 5
+SSH_RETRY_FOR = 60.0
+#: seconds an idle shared connection stays open
+SSH_MASTER_PERSIST = 60
+
+
+def _close_master(argv: list[str], control_dir: str) -> None:
+    try:
+        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    shutil.rmtree(control_dir, ignore_errors=True)
 
 
 class SshDirectory:
@@ -429,7 +479,9 @@ class SshDirectory:
 
     def __init__(self, host: str, path: str, *, user: str | None = None,
                  port: int | None = None, key: str | None = None,
-                 options: Sequence[str] = (), ssh: str = "ssh", timeout: float = 120.0) -> None:
+                 options: Sequence[str] = (), ssh: str = "ssh", timeout: float = 120.0,
+                 known_hosts: str | None = None, attempts: int = SSH_ATTEMPTS,
+                 retry_for: float = SSH_RETRY_FOR, multiplex: bool = True) -> None:
         if host.startswith("-") or (user or "").startswith("-"):
             raise KdumpyError(f"ssh: bad host or user name {host!r}")
         self.host = host
@@ -438,8 +490,16 @@ class SshDirectory:
         self.port = port
         self.key = key
         self.options = list(options)
+        if known_hosts:         # the pinned host key only; a changed one is refused
+            self.options += [f"UserKnownHostsFile={known_hosts}",
+                             "GlobalKnownHostsFile=/dev/null", "StrictHostKeyChecking=yes"]
         self.ssh = ssh
         self.timeout = timeout
+        self.attempts = max(1, attempts)
+        self.retry_for = retry_for
+        self.sleep: Callable[[float], None] = time.sleep
+        self.multiplex = multiplex
+        self._control: str | None = None
 
     def describe(self, rel: str = "") -> str:
         who = f"{self.user}@{self.host}" if self.user else self.host
@@ -449,8 +509,7 @@ class SshDirectory:
     def remote_path(self, rel: str = "") -> str:
         return f"{self.path}/{rel}" if rel else self.path
 
-    def argv(self, command: str) -> list[str]:
-        """The ssh argv running ``command`` (already quoted) on the server."""
+    def _options_argv(self) -> list[str]:
         argv = [self.ssh]
         for opt in self.options:         # ssh keeps the first value given: the user's win
             argv += ["-o", opt]
@@ -462,9 +521,71 @@ class SshDirectory:
             argv += ["-p", str(self.port)]
         if self.user:
             argv += ["-l", self.user]
+        return argv
+
+    def argv(self, command: str) -> list[str]:
+        """The ssh argv running ``command`` (already quoted) on the server, over the shared
+        connection when one is open."""
+        argv = self._options_argv()
+        if self._control:
+            argv += ["-o", "ControlMaster=no", "-o", f"ControlPath={self._control}"]
         return argv + ["--", self.host, command]
 
+    def open_master(self) -> None:
+        """Open one authenticated connection that later commands share (OpenSSH's
+        ControlMaster): each command then costs a channel, not a key exchange and a login.
+        ``ssh -f`` returns once authenticated and leaves the master in the background; it
+        exits when the server goes away, after :data:`SSH_MASTER_PERSIST` s idle, or when
+        this object is collected (``ssh -O exit``). Raises like :meth:`run` when the
+        connection cannot be made."""
+        if self._control or not self.multiplex:
+            return
+        d = tempfile.mkdtemp(prefix="kdumpy-ssh-")
+        path = os.path.join(d, "master")
+        argv = self._options_argv() + ["-o", "ControlMaster=yes", "-o", f"ControlPath={path}",
+                                       "-o", f"ControlPersist={SSH_MASTER_PERSIST}", "-N",
+                                       "-f", "--", self.host]
+        with tempfile.TemporaryFile() as err:   # a file, not a pipe: the master keeps it
+            try:
+                proc = subprocess.run(argv, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=err,
+                                      timeout=self.timeout, check=False)
+            except FileNotFoundError:
+                shutil.rmtree(d, ignore_errors=True)
+                raise KdumpyError(f"{self.ssh}: not found (install openssh-client)") from None
+            except subprocess.TimeoutExpired:
+                shutil.rmtree(d, ignore_errors=True)
+                raise OSError(errno.ETIMEDOUT, f"ssh: no answer from {self.host} in "
+                                               f"{self.timeout:.0f} s") from None
+            err.seek(0)
+            stderr = err.read().decode("utf-8", "replace")
+        if proc.returncode != 0 or not os.path.exists(path):
+            shutil.rmtree(d, ignore_errors=True)
+            raise _ssh_error(proc.returncode or 255, stderr, f"{self.describe()}: connect")
+        self._control = path
+        weakref.finalize(self, _close_master,
+                         self._options_argv() + ["-o", f"ControlPath={path}", "-O", "exit",
+                                                 "--", self.host], d)
+
     def run(self, command: str, what: str) -> str:
+        """Run a remote command; a failure of ssh itself (exit 255: no route, refused,
+        reset, timeout) is retried up to ``attempts`` times within ``retry_for`` seconds,
+        waiting 1, 2, 4... s between (kdump-tools retries its ssh 16 times)."""
+        deadline = time.monotonic() + self.retry_for
+        delay = 1.0
+        for attempt in range(1, self.attempts + 1):
+            try:
+                self.open_master()
+                return self._run_once(command, what)
+            except OSError as exc:
+                if exc.errno not in (errno.ECONNABORTED, errno.ETIMEDOUT) or \
+                        attempt == self.attempts or time.monotonic() + delay > deadline:
+                    raise
+            self.sleep(delay)
+            delay = min(delay * 2, 16.0)
+        raise AssertionError("unreachable")
+
+    def _run_once(self, command: str, what: str) -> str:
         try:
             proc = subprocess.run(self.argv(command), stdin=subprocess.DEVNULL,
                                   capture_output=True, text=True, timeout=self.timeout,
@@ -535,6 +656,26 @@ class SshDirectory:
     def remove_tree(self, rel: str) -> None:
         raise KdumpyError("ssh: removing remote dumps is not supported")
 
+    def list_files(self, depth: int = 4) -> list[str]:
+        """Regular files below the directory (``find -maxdepth``), relative to it, for the
+        crash index; names with a newline are skipped."""
+        out = self.run(f"cd -- {q(self.remote_path())} && find . -maxdepth {int(depth)} "
+                       "-type f", "find")
+        return [ln[2:] for ln in out.splitlines() if ln.startswith("./")]
+
+    def get(self, rel: str) -> bytes:
+        """One small remote file's bytes (``cat``)."""
+        try:
+            proc = subprocess.run(self.argv(f"cat -- {q(self.remote_path(rel))}"),
+                                  stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=self.timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise OSError(errno.ETIMEDOUT, f"ssh: reading {rel} timed out") from None
+        if proc.returncode != 0:
+            raise _ssh_error(proc.returncode, proc.stderr.decode("utf-8", "replace"),
+                             self.describe(rel))
+        return proc.stdout
+
 
 def _ssh_error(rc: int, stderr: str, what: str) -> OSError:
     """An OSError for a failed remote command: ENOSPC when the server said so."""
@@ -544,6 +685,11 @@ def _ssh_error(rc: int, stderr: str, what: str) -> OSError:
         return OSError(errno.ENOSPC, f"{what}: no space left on the server ({last})")
     if rc < 0:
         return OSError(errno.ECONNABORTED, f"{what}: ssh was killed by signal {-rc}")
+    if rc == 255 and ("Host key verification failed" in (stderr or "") or
+                      "Permission denied" in (stderr or "") or
+                      "REMOTE HOST IDENTIFICATION HAS CHANGED" in (stderr or "")):
+        # authentication or the pinned host key refused: retrying cannot help
+        return OSError(errno.EACCES, f"{what}: ssh refused: {last}")
     if rc == 255:
         return OSError(errno.ECONNABORTED, f"{what}: ssh failed: {last or 'connection lost'}")
     return OSError(errno.EIO, f"{what}: remote command failed (exit {rc}){': ' + last if last else ''}")

@@ -415,3 +415,50 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     _common(p)
     p.set_defaults(func=cmd_capture)
+    register_propagate(sub)
+
+
+# -- propagate ----------------------------------------------------------------------------
+
+def cmd_propagate(args: argparse.Namespace) -> int:
+    from kdumpy.setup.config import load_config
+    from kdumpy.setup.propagate import DEFAULT_KEY, DEFAULT_KNOWN_HOSTS, propagate
+    paths = _paths(args)
+    cfg = load_config(_config_path(args), must_exist=True)
+    t = cfg.target
+    res = propagate(t, key=paths.path(args.key or t.ssh_key or DEFAULT_KEY),
+                    known_hosts=paths.path(t.ssh_known_hosts or DEFAULT_KNOWN_HOSTS),
+                    identity=args.identity, options=args.ssh_option or (),
+                    admin_known_hosts=os.path.expanduser(args.admin_known_hosts),
+                    authorized_keys=args.authorized_keys,
+                    log=lambda m: print(f"kdumpy: propagate: {m}", file=sys.stderr))
+    if args.json:
+        _dump_json(res.__dict__)
+    return 0
+
+
+def register_propagate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("propagate", help="ssh target: create kdumpy's key, pin the host key, "
+                                         "install the key on the target, check the login",
+                       description="Prepare the config's ssh [target] for the capture kernel: "
+                                   "an ed25519 key (0600), the target's host key pinned in "
+                                   "kdumpy's known_hosts, the public key appended to the "
+                                   "target's authorized_keys over a session you authenticate "
+                                   "(password, agent or --identity), then a BatchMode login "
+                                   "as the capture kernel will make it.")
+    p.add_argument("--key", metavar="FILE",
+                   help="private key to create/use (default: target.ssh_key, else "
+                        "/etc/kdumpy/ssh/id_ed25519)")
+    p.add_argument("--identity", metavar="FILE",
+                   help="your key for the installing session (default: agent or password)")
+    p.add_argument("-o", "--ssh-option", action="append", metavar="OPT",
+                   help="ssh -o option for the installing session (repeatable)")
+    p.add_argument("--admin-known-hosts", default="~/.ssh/known_hosts", metavar="FILE",
+                   help="take the host key from here when it is known (default: %(default)s); "
+                        "else ssh-keyscan and print its fingerprints")
+    p.add_argument("--authorized-keys", metavar="PATH",
+                   help="the server's AuthorizedKeysFile, an absolute path (default: "
+                        "~/.ssh/authorized_keys of the target user)")
+    p.add_argument("--json", action="store_true", help="print what was done as JSON")
+    _common(p)
+    p.set_defaults(func=cmd_propagate)

@@ -18,13 +18,19 @@ with one line naming the file and the key. Example::
     keep = 3                  # keep the 3 newest dumps in a local/NFS target (0: all)
     min_free = "1G"           # refuse to start with less free space than this
 
-    [target]                  # exactly one of path, ssh, nfs
+    [target]                  # exactly one of path, ssh, nfs, s3
     path = "/var/crash"
     # ssh = "ssh://kdump@backup.example.com:22/srv/crash"
-    # ssh_key = "/root/.ssh/kdumpy_id_ed25519"
+    # ssh_key = "/etc/kdumpy/ssh/id_ed25519"   # default; created by kdumpy propagate
     # ssh_options = ["StrictHostKeyChecking=yes"]
+    # ssh_known_hosts = "/etc/kdumpy/ssh/known_hosts"   # default; written by kdumpy propagate
     # nfs = "nfs://filer.example.com/export/crash"
-    # nfs_options = "vers=4.2,timeo=600"
+    # nfs_options = "vers=4.2,timeo=600"   # default nolock,tcp,soft,timeo=600,retrans=3
+    # s3 = "s3://crash-bucket/fleet"
+    # s3_endpoint = "https://objects.example.com"
+    # s3_region = "us-east-1"
+    # s3_credentials = "/etc/kdumpy/s3-credentials"   # AWS credentials format, mode 0600
+    # fallback_path = "/var/crash"   # when the ssh/nfs/s3 target fails, save here instead
 
     [actions]
     failure = "reboot"        # reboot | poweroff | halt | shell
@@ -103,10 +109,18 @@ class TargetConfig:
     port: int | None = None
     ssh_key: str | None = None
     ssh_options: list[str] = field(default_factory=list)
+    ssh_known_hosts: str | None = None  # pinned host keys (kdumpy propagate)
     nfs_source: str | None = None     # host:/export/dir as mount(8) takes it
     nfs_options: str | None = None
+    s3_url: str | None = None         # s3://bucket/prefix
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_credentials: str | None = None
+    fallback_path: str | None = None  # local directory used when a network target fails
 
     def describe(self) -> str:
+        if self.kind == "s3":
+            return f"{self.s3_url} at {self.s3_endpoint}"
         if self.kind == "ssh":
             port = f":{self.port}" if self.port else ""
             return f"ssh://{self.user + '@' if self.user else ''}{self.host}{port}{self.path}"
@@ -257,12 +271,15 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
              "format": _choice(FORMATS), "threads": _int_range(0, 1024),
              "keep": _int_range(0), "min_free": _size, "allow_partial_filter": _bool},
     "target": {"path": _abs_path, "ssh": _str, "ssh_key": _abs_path,
-               "ssh_options": _ssh_options, "nfs": _str, "nfs_options": _str},
+               "ssh_options": _ssh_options, "ssh_known_hosts": _abs_path,
+               "nfs": _str, "nfs_options": _str,
+               "s3": _str, "s3_endpoint": _str, "s3_region": _str,
+               "s3_credentials": _abs_path, "fallback_path": _abs_path},
     "actions": {"failure": _choice(ACTIONS), "final": _choice(ACTIONS)},
     "hooks": {"pre_dir": _abs_path, "post_dir": _abs_path, "timeout": _int_range(1, 86400)},
     "triggers": {name: _trigger(name) for name in TRIGGER_KNOBS},
 }
-TARGET_KINDS = ("path", "ssh", "nfs")
+TARGET_KINDS = ("path", "ssh", "nfs", "s3")
 
 
 def parse_ssh_url(url: str) -> tuple[str | None, str, int | None, str]:
@@ -303,6 +320,27 @@ def parse_nfs_url(url: str) -> str:
         raise _Bad(f"{url!r}: only nfs://host/path is supported (options go in nfs_options)")
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     return f"{host}:{os.path.normpath(path)}"
+
+
+def _s3_target(tc: TargetConfig, t: dict[str, Any]) -> None:
+    from kdumpy.capture.s3 import parse_s3_url
+    try:
+        parse_s3_url(t["s3"])
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+    for key in ("s3_endpoint", "s3_credentials"):
+        if key not in t:
+            raise _Bad(f"an s3 target needs target.{key}")
+    endpoint = t["s3_endpoint"]
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname or \
+            parts.path not in ("", "/") or parts.query or parts.username:
+        raise _Bad(f"s3_endpoint {endpoint!r} is not http[s]://host[:port]")
+    tc.s3_url = t["s3"]
+    tc.s3_endpoint = endpoint.rstrip("/")
+    tc.s3_region = t.get("s3_region")
+    tc.s3_credentials = t["s3_credentials"]
+    tc.path = "/"
 
 
 def load_config(path: str | None, *, must_exist: bool = False) -> Config:
@@ -385,12 +423,17 @@ def _target(t: dict[str, Any], source: str) -> TargetConfig:
     kinds = [k for k in TARGET_KINDS if k in t]
     if len(kinds) > 1:
         raise ConfigError(f"{source}: target: more than one target ({', '.join(kinds)}); "
-                          "set exactly one of path, ssh, nfs")
+                          "set exactly one of path, ssh, nfs, s3")
     kind = kinds[0] if kinds else "path"
-    for key, needs in (("ssh_key", "ssh"), ("ssh_options", "ssh"), ("nfs_options", "nfs")):
+    for key, needs in (("ssh_key", "ssh"), ("ssh_options", "ssh"), ("ssh_known_hosts", "ssh"),
+                       ("nfs_options", "nfs"),
+                       ("s3_endpoint", "s3"), ("s3_region", "s3"), ("s3_credentials", "s3")):
         if key in t and kind != needs:
             raise ConfigError(f"{source}: target.{key}: only applies to an {needs} target")
-    tc = TargetConfig(kind=kind)
+    if "fallback_path" in t and kind == "path":
+        raise ConfigError(f"{source}: target.fallback_path: only applies to an ssh, nfs or "
+                          "s3 target")
+    tc = TargetConfig(kind=kind, fallback_path=t.get("fallback_path"))
     try:
         if kind == "path":
             tc.path = t.get("path", "/var/crash")
@@ -398,10 +441,13 @@ def _target(t: dict[str, Any], source: str) -> TargetConfig:
             tc.user, tc.host, tc.port, tc.path = parse_ssh_url(t["ssh"])
             tc.ssh_key = t.get("ssh_key")
             tc.ssh_options = t.get("ssh_options", [])
-        else:
+            tc.ssh_known_hosts = t.get("ssh_known_hosts")
+        elif kind == "nfs":
             tc.nfs_source = parse_nfs_url(t["nfs"])
             tc.nfs_options = t.get("nfs_options")
             tc.path = "/"
+        else:
+            _s3_target(tc, t)
     except _Bad as exc:
         raise ConfigError(f"{source}: target.{kind}: {exc}") from None
     return tc
