@@ -237,13 +237,6 @@ class Dump(ABC):
             return PageState.EXCLUDED
         return PageState.DUMPABLE if self._stored(pfn, 1).all() else PageState.LOST
 
-    def lost_bits(self, start: int, count: int) -> np.ndarray | None:
-        if not self.incomplete:
-            return None
-        lost = bm.bits_range(self.dumpable_bitmap(), start, count)
-        lost &= ~self._stored(start, count)
-        return lost if lost.any() else None
-
     def _stored(self, start: int, count: int) -> np.ndarray:
         """Bool per dumpable PFN of ``[start, start+count)``: its data is in the file."""
         return np.ones(count, dtype=bool)
@@ -556,13 +549,6 @@ class ElfDump(Dump):
 
     def is_dumpable(self, pfn: int) -> bool:
         return _in(self._dumpable_iv, pfn) or _in(self._lost_iv, pfn)
-
-    def lost_bits(self, start: int, count: int) -> np.ndarray | None:
-        if not self.incomplete:
-            return None
-        lost = bm.bits_range(self.dumpable_bitmap(), start, count)
-        lost &= ~self._stored(start, count)
-        return lost if lost.any() else None
 
     def _stored(self, start: int, count: int) -> np.ndarray:
         return bm.bits_range(_interval_bits(self._dumpable_iv, start, count), 0, count)

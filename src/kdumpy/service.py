@@ -46,7 +46,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -67,6 +67,12 @@ from kdumpy.setup.config import Config
 from kdumpy.setup.hooks import run_hooks
 from kdumpy.setup.paths import SystemPaths
 from kdumpy.setup.sizes import human
+
+if TYPE_CHECKING:
+    from kdumpy.capture.s3 import S3Directory
+
+#: where a capture writes: a local (or NFS-mounted) directory, an SSH directory, an S3 prefix
+DumpTarget = Union[LocalDirectory, SshDirectory, "S3Directory"]
 
 DUMP_DIR_RE = re.compile(r"^(?P<host>.+)-(?P<stamp>\d{4}-\d\d-\d\d-\d\d:\d\d:\d\d)(?:-\d+)?$")
 STAMP_FORMAT = "%Y-%m-%d-%H:%M:%S"
@@ -236,9 +242,9 @@ class CaptureSession:
             self._retention(directory)
 
     # -- steps ----------------------------------------------------------------------------
-    def _open_target(self) -> LocalDirectory | SshDirectory:
+    def _open_target(self) -> DumpTarget:
         t = self.cfg.target
-        directory: LocalDirectory | SshDirectory
+        directory: DumpTarget
         if t.kind == "ssh":
             assert t.host is not None
             from kdumpy.setup.propagate import DEFAULT_KEY, DEFAULT_KNOWN_HOSTS
@@ -268,7 +274,7 @@ class CaptureSession:
         self.log(f"target {directory.describe()}")
         return directory
 
-    def _check_space(self, directory: LocalDirectory | SshDirectory, mem: Any) -> None:
+    def _check_space(self, directory: DumpTarget, mem: Any) -> None:
         free = directory.free_bytes()
         need = estimate_dump_bytes(mem, self.cfg.dump.compression)
         min_free = self.cfg.dump.min_free
@@ -288,7 +294,7 @@ class CaptureSession:
             self.result.notes.append(note)
             self.log(note)
 
-    def _make_dump_dir(self, directory: LocalDirectory | SshDirectory) -> str:
+    def _make_dump_dir(self, directory: DumpTarget) -> str:
         base = f"{self.host}-{time.strftime(STAMP_FORMAT, self.now)}"
         rel = base
         for n in range(2, 100):
@@ -298,7 +304,7 @@ class CaptureSession:
         directory.make_dir(rel)
         return rel
 
-    def _put(self, directory: LocalDirectory | SshDirectory, rel: str, name: str,
+    def _put(self, directory: DumpTarget, rel: str, name: str,
              data: bytes) -> None:
         try:
             directory.put(f"{rel}/{name}", data)
@@ -310,14 +316,14 @@ class CaptureSession:
             self.result.notes.append(note)
             self.log(note)
 
-    def _save_dmesg(self, directory: LocalDirectory | SshDirectory, rel: str, mem: Any) -> None:
+    def _save_dmesg(self, directory: DumpTarget, rel: str, mem: Any) -> None:
         data, _records = self.policy.kernel_log(mem)
         if data is None:
             data = f"kdumpy: kernel log not available: {self.result.failures['kernel log']}\n" \
                 .encode()
         self._put(directory, rel, "dmesg.txt", data)
 
-    def _save_vmcore(self, directory: LocalDirectory | SshDirectory, rel: str, mem: Any) -> None:
+    def _save_vmcore(self, directory: DumpTarget, rel: str, mem: Any) -> None:
         res = self.result
         d = self.cfg.dump
         name = "vmcore.flat" if directory.remote else "vmcore"
@@ -362,7 +368,7 @@ class CaptureSession:
                  f"{human(out.bytes_written)}")
 
     @staticmethod
-    def _partial(directory: LocalDirectory | SshDirectory, rel: str, name: str) -> str | None:
+    def _partial(directory: DumpTarget, rel: str, name: str) -> str | None:
         """The partial vmcore a stopped save left, if any (local targets)."""
         if directory.remote:
             return None
@@ -374,7 +380,7 @@ class CaptureSession:
         from kdumpy.capture.progress import Progress
         return Progress(mem.count_dumpable(), mem.page_size, quiet=self.quiet, label="saving")
 
-    def _save_report(self, directory: LocalDirectory | SshDirectory, rel: str, mem: Any) -> None:
+    def _save_report(self, directory: DumpTarget, rel: str, mem: Any) -> None:
         report = self.policy.report(mem)
         report["kdumpy_capture"] = {
             "status": self.result.status, "dump_level": self.result.dump_level,
@@ -394,7 +400,7 @@ class CaptureSession:
             if not h.ok:
                 res.notes.append(f"post hook {h.path} failed: {h.error}")
 
-    def _retention(self, directory: LocalDirectory | SshDirectory) -> None:
+    def _retention(self, directory: DumpTarget) -> None:
         mine = []
         for name in directory.list_dirs():
             m = DUMP_DIR_RE.match(name)

@@ -34,7 +34,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from kdumpy.errors import KdumpyError, TargetExistsError
 from kdumpy.formats.sink import FileSink, FlatSink
@@ -124,7 +124,7 @@ def install(tmp: str, dest: str, *, force: bool, display: str | None = None) -> 
 
 _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
-_renameat2 = None
+_renameat2: Any = None
 
 
 def _rename_noreplace(src: str, dst: str) -> bool:

@@ -128,12 +128,12 @@ def crash_store(args: argparse.Namespace):  # -> kdumpy.analysis.crash_index.Dum
         except Exception as exc:  # noqa: BLE001 - config's _Bad: one line
             raise KdumpyError(f"{target}: {exc}") from None
         from kdumpy.setup.propagate import DEFAULT_KEY, DEFAULT_KNOWN_HOSTS
-        mine = cfg is not None and cfg.kind == "ssh"
-        key = args.ssh_key or (cfg.ssh_key if mine else None) or \
+        mine = cfg if cfg is not None and cfg.kind == "ssh" else None
+        key = args.ssh_key or (mine.ssh_key if mine else None) or \
             (DEFAULT_KEY if os.path.exists(DEFAULT_KEY) else None)
-        known = (cfg.ssh_known_hosts if mine else None) or \
+        known = (mine.ssh_known_hosts if mine else None) or \
             (DEFAULT_KNOWN_HOSTS if os.path.exists(DEFAULT_KNOWN_HOSTS) else None)
-        opts = list(args.ssh_option or []) + (cfg.ssh_options if mine else [])
+        opts = list(args.ssh_option or []) + (mine.ssh_options if mine else [])
         return SshDirectory(host, path, user=user, port=port, key=key, options=opts,
                             known_hosts=known)
     return LocalStore(target)

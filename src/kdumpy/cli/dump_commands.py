@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import stat
@@ -273,7 +274,7 @@ def _open_flattened_source(src: str):
         raise KdumpyError(f"{src}: {exc.strerror}") from None
     if stat.S_ISFIFO(st.st_mode):
         os.set_blocking(fd, True)
-    f = os.fdopen(fd, "rb", buffering=1 << 20)
+    f: io.BufferedReader = os.fdopen(fd, "rb", buffering=1 << 20)  # type: ignore[assignment]
     try:
         head = f.peek(len(FLAT_SIGNATURE) + 4)[:16]
     except OSError as exc:

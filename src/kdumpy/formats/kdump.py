@@ -667,8 +667,9 @@ class KdumpWriter:
         used = (self.max_mapnr + 7) >> 3
         for i in (0, 1):
             off = lay.bitmap1_offset + i * nbytes
-            if self._bitmaps[i] is not None:
-                self._put_bits(off, 0, self._bitmaps[i][:used])
+            whole = self._bitmaps[i]
+            if whole is not None:
+                self._put_bits(off, 0, whole[:used])
         # Bitmap bytes are written only where a bit is set (_put_bits): the rest is a hole of
         # a regular file, or no record of a flattened stream, both of which read as zeros, so
         # a sparse physical address space costs no output. The region's last byte is always
