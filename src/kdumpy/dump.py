@@ -450,12 +450,15 @@ class ElfDump(Dump):
                           f"PT_LOAD {{i}} (program headers at {first_phdr:#x})")
         end = max((pa + mem for pa, mem, *_ in self.load_segments), default=0)
         self.max_pfn = -(-end // ps)
-        self._present_iv = _merge((pa // ps, -(-(pa + mem) // ps))
+        # Whole pages only: a PT_LOAD ending mid-page (kexec_load's BIOS range 0x1000-0x9fc00)
+        # does not make its last page present, as makedumpfile's paddr_to_pfn(end) rounds down.
+        self._present_iv = _merge((pa // ps, (pa + mem) // ps)
                                   for pa, mem, *_ in self.load_segments)
         cut = {self._load_index(i) for i in core.truncated_loads}
         # a segment cut short keeps only its whole pages; its other pages are lost
-        self._dumpable_iv = _merge((pa // ps, (pa + fsz) // ps if k in cut else -(-(pa + fsz) // ps))
-                                   for k, (pa, _m, fsz, *_r) in enumerate(self.load_segments) if fsz)
+        self._dumpable_iv = _merge(
+            (pa // ps, (pa + fsz) // ps if k in cut else min(-(-(pa + fsz) // ps), (pa + m) // ps))
+            for k, (pa, m, fsz, *_r) in enumerate(self.load_segments) if fsz)
         self._lost_iv = _merge(((pa + fsz) // ps, -(-(pa + int(p["p_filesz"])) // ps))
                                for k, ((pa, _m, fsz, *_r), p) in
                                enumerate(zip(self.load_segments, core.loads)) if k in cut)
