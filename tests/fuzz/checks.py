@@ -60,8 +60,8 @@ def compare_copy(out_path: str, base_path: str, mutated_path: str, explained: An
                         skip |= gone
                 if skip.all():
                     continue
-                got = out.read_pfns(b, n)
-                want = ref.read_pfns(b, n)
+                got = out.read_pfns(b, n, zero_fill=True)
+                want = ref.read_pfns(b, n, zero_fill=True)
                 in_ref = (bits_range(ref.dumpable_bitmap(), b, n).astype(bool)
                           if b + n <= ref.max_pfn else None)
                 bad = np.flatnonzero((got != want).any(axis=1) & ~skip)
