@@ -97,3 +97,9 @@ def make_fake_system(root: Path, *, reserved: int = 256 << 20, loaded: bool = Tr
     fs.write(f"/boot/initrd.img-{RELEASE}", gzip.compress(b"070701" + b"0" * 200))
     fs.write("/etc/hostname", "testhost\n")
     return fs
+
+
+def system_initrd(fs: FakeSystem) -> str:
+    """The distribution's initramfs of the fake system (loads that do not need kdumpy's
+    capture image pass it with --initrd)."""
+    return str(fs.root / f"boot/initrd.img-{RELEASE}")
