@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fake_system import RELEASE, bzimage, make_fake_system
+from fake_system import RELEASE, bzimage, make_fake_system, with_capture_image
 
 from kdumpy.cli import main
 from kdumpy.setup.estimate import estimate, initramfs_unpacked_size, kernel_runtime_size
@@ -31,6 +31,7 @@ def status(root, capsys, *extra):
 
 def test_operational(tmp_path, capsys):
     fs = make_fake_system(tmp_path)
+    with_capture_image(fs)
     rc, out = status(fs.root, capsys)
     assert rc == 0, out
     assert out.startswith("kdump is operational")
@@ -77,6 +78,7 @@ def test_kernel_config_problems(tmp_path, capsys):
 
 def test_kernel_config_from_boot(tmp_path, capsys):
     fs = make_fake_system(tmp_path, config=None)
+    with_capture_image(fs)
     rc, out = status(fs.root, capsys)
     assert "kernel support not checked" in out and rc == 0
     from fake_system import GOOD_CONFIG
@@ -119,6 +121,7 @@ def test_bad_config_is_an_error(tmp_path, capsys):
 
 def test_small_reservation_warns(tmp_path, capsys):
     fs = make_fake_system(tmp_path, reserved=64 * M)
+    with_capture_image(fs)
     rc, out = status(fs.root, capsys)
     assert rc == 0
     assert "[warning] reservation size: 64 MiB reserved" in out

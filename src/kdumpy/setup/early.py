@@ -161,3 +161,20 @@ def state(paths: SystemPaths, cmdline: str, loaded: bool | None) -> EarlyState:
     installed = [g for g, files in HOOK_FILES.items()
                  if os.path.exists(paths.path(files[0][0]))]
     return EarlyState(SWITCH in cmdline.split(), installed, loaded)
+
+
+def initramfs_older_than_image(paths: SystemPaths, release: str) -> str | None:
+    """Why early kdump's copy of the capture image is out of date, or None: the hooks copy
+    ``capture-RELEASE.img`` when the initramfs is built, so an image rebuilt later is not
+    in it."""
+    from kdumpy.setup.capture_image.build import image_path
+    img = image_path(paths, release)
+    initrd = next((p for p in paths.boot_initrd_candidates(release) if os.path.isfile(p)), None)
+    if initrd is None:
+        return None
+    if not os.path.isfile(img):
+        return (f"{img} is missing: the initramfs holds no capture image, so early kdump "
+                "does not load")
+    if os.path.getmtime(img) > os.path.getmtime(initrd):
+        return f"{initrd} is older than {img}: early kdump would boot the old image"
+    return None

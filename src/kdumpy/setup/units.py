@@ -199,3 +199,23 @@ def install_early(paths: SystemPaths, capture_cmdline: str) -> list[Installed]:
         for path, text in files:
             out.append(_write(paths.path(path), text, 0o755))
     return out
+
+
+#: Where systemd looks for unit files, the admin's first (systemd.unit(5), "Unit File Load
+#: Path"); ``systemctl enable`` links a unit into ``/etc/systemd/system/<target>.wants/``.
+UNIT_DIRS = ("/etc/systemd/system", "/usr/local/lib/systemd/system", "/usr/lib/systemd/system",
+             "/lib/systemd/system")
+
+
+def unit_state(paths: SystemPaths, unit: str) -> str:
+    """``missing``, ``disabled`` or ``enabled`` (a ``*.wants/`` link in /etc)."""
+    if not any(os.path.exists(paths.path(f"{d}/{unit}")) for d in UNIT_DIRS):
+        return "missing"
+    etc = paths.path("/etc/systemd/system")
+    try:
+        wants = [d for d in os.listdir(etc) if d.endswith(".wants")]
+    except OSError:
+        wants = []
+    if any(os.path.lexists(os.path.join(etc, w, unit)) for w in wants):
+        return "enabled"
+    return "disabled"

@@ -29,6 +29,7 @@ from kdumpy.setup.capture_image.userspace import (
     add_busybox,
     add_fsck,
     add_python,
+    dists_for,
 )
 from kdumpy.setup.config import Config, load_config
 from kdumpy.setup.paths import SystemPaths
@@ -129,7 +130,8 @@ def build(paths: SystemPaths, cfg: Config, release: str, config_path: str | None
         add_binary(tree, plan.init.lvm)
     sizes["tools"] = tree.total_size() - before
     py = PythonLayout.current()
-    sizes.update(add_python(tree, py, os.path.dirname(kdumpy.__file__)))
+    sizes.update(add_python(tree, py, os.path.dirname(kdumpy.__file__),
+                            dists_for(cfg.dump.compression)))
     tree.add_bytes(plan.init.config, plan.config_text, 0o600)
     for image, host in plan.files.items():
         tree.add_file(image, host)

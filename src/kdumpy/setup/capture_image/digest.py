@@ -3,7 +3,7 @@
 As ``kdumpctl`` rebuilds its initramfs when the kernel, ``kdump.conf`` or the dump target's
 devices change, the image is stale when any of these differ from the build's:
 
-* ``kernel``: the release, its ``modules.dep`` and the size and mtime of every module put in;
+* ``kernel``: the release, its ``modules.dep`` and the bytes of every module put in;
 * ``config``: the config file's bytes and the files copied with it (hooks, hostname);
 * ``target``: the target filesystem's UUID, type, mount and the devices under it;
 * ``kdumpy``: kdumpy's version and the bytes of its sources;
@@ -46,18 +46,13 @@ def _file(path: str) -> bytes:
         return b""
 
 
-def _stat(path: str) -> str:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return f"{path}:missing"
-    return f"{path}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def parts(plan: ImagePlan, kdumpy_dir: str | None = None) -> dict[str, str]:
     kdumpy_dir = kdumpy_dir or os.path.dirname(kdumpy.__file__)
     kernel = _h(plan.release, _file(os.path.join(plan.module_dir, "modules.dep")),
-                *[_stat(os.path.join(plan.module_dir, m)) for m in plan.modules])
+                *[m + "\0" for m in plan.modules],
+                *[_file(os.path.join(plan.module_dir, m)) for m in plan.modules])
     config = _h(plan.config_text, *[f"{k}\0" for k in sorted(plan.files)],
                 *[_file(plan.files[k]) for k in sorted(plan.files)])
     t = plan.target

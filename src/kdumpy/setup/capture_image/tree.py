@@ -17,9 +17,13 @@ buffer-format.rst``):
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
+import shutil
 import stat
+import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -32,10 +36,13 @@ class Entry:
     kind: str                          # dir | file | symlink | chardev
     mode: int = 0o755
     rdev: tuple[int, int] = (0, 0)     # chardev: (major, minor)
+    strip: bool = False                # an ELF object whose debug sections are dropped
     source: str | None = None          # host file whose bytes go in (file)
     data: bytes | None = None          # literal bytes (file) or the target (symlink)
 
     def size(self) -> int:
+        if self.kind == "file" and self.strip and self.source:
+            return len(_stripped(self.source))
         if self.kind == "file":
             return len(self.data) if self.data is not None else os.path.getsize(
                 self.source or "")
@@ -96,11 +103,12 @@ class ImageTree:
         self.entries[path] = Entry("file", mode, data=data)
         return path
 
-    def add_file(self, path: str, source: str, mode: int | None = None) -> str:
+    def add_file(self, path: str, source: str, mode: int | None = None, *,
+                 strip: bool = False) -> str:
         path = self._place(path)
         if mode is None:
             mode = stat.S_IMODE(os.stat(source).st_mode)
-        self.entries[path] = Entry("file", mode, source=source)
+        self.entries[path] = Entry("file", mode, source=source, strip=strip)
         return path
 
     def symlink(self, path: str, target: str) -> str:
@@ -118,7 +126,8 @@ class ImageTree:
     def exists(self, path: str) -> bool:
         return self.resolve(path) in self.entries
 
-    def copy_host_path(self, host_path: str, image_path: str | None = None) -> str:
+    def copy_host_path(self, host_path: str, image_path: str | None = None, *,
+                       strip: bool = False) -> str:
         """Copy a host file to the same absolute path in the image, recreating every symlink
         met on the way (``/lib -> usr/lib`` on a merged-/usr system, ``libc.so.6`` names),
         so paths baked into binaries and into ``ld.so`` keep working."""
@@ -134,10 +143,11 @@ class ImageTree:
                     self.symlink(cur, target)
                 rest = "/".join(parts[i + 1:])
                 nxt = os.path.normpath(os.path.join(os.path.dirname(cur), target))
-                return self.copy_host_path(os.path.join(nxt, rest) if rest else nxt)
+                return self.copy_host_path(os.path.join(nxt, rest) if rest else nxt,
+                                           strip=strip)
         if os.path.isdir(host_path):
             return self.mkdir(host_path)
-        return self.add_file(host_path, host_path)
+        return self.add_file(host_path, host_path, strip=strip)
 
     def total_size(self) -> int:
         return sum(e.size() for e in self.entries.values())
@@ -147,7 +157,9 @@ class ImageTree:
         for path, e in _parents_first(self.entries):
             kind = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK,
                     "chardev": stat.S_IFCHR}[e.kind]
-            if e.kind == "file":
+            if e.kind == "file" and e.strip and e.source:
+                data = _stripped(e.source)
+            elif e.kind == "file":
                 data = e.data if e.data is not None else _read(e.source or "")
             else:
                 data = e.data or b""
@@ -161,6 +173,23 @@ class ImageTree:
 
 def _parents_first(entries: dict[str, Entry]) -> list[tuple[str, Entry]]:
     return sorted(entries.items(), key=lambda kv: kv[0].split("/"))
+
+
+@functools.lru_cache(maxsize=None)
+def _stripped(path: str) -> bytes:
+    """``path`` without its debug sections (``strip --strip-debug``, binutils), or as it is
+    when strip is missing or fails: the sections ld.so and the code use stay."""
+    data = _read(path)
+    if data[:4] != b"\x7fELF" or shutil.which("strip") is None:
+        return data
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "o")
+        r = subprocess.run(["strip", "--strip-debug", "-o", out, path], capture_output=True,
+                           check=False)
+        if r.returncode != 0:
+            return data
+        small = _read(out)
+    return small if len(small) < len(data) else data
 
 
 def _read(path: str) -> bytes:

@@ -42,18 +42,35 @@ BUSYBOX = "/bin/busybox"
 #: kdumpy's own dependencies (pyproject ``dependencies``); their import names
 DIST_IMPORTS = {"numpy": ["numpy"], "zstandard": ["zstandard"], "cramjam": ["cramjam"],
                 "python-lzo": ["lzo"], "tqdm": ["tqdm"]}
+#: The codec library each ``[dump] compression`` needs (kdumpy.formats.codecs imports them
+#: only when used); numpy always, tqdm for progress.
+CODEC_DISTS = {"lzo": "python-lzo", "snappy": "cramjam", "zstd": "zstandard"}
+
+
+def dists_for(compression: str) -> list[str]:
+    return ["numpy", "tqdm", *([CODEC_DISTS[compression]] if compression in CODEC_DISTS
+                               else [])]
+
+
 #: Never needed by a capture: tests, type stubs, build helpers, alternative backends.
 SKIP_PARTS = {"tests", "test", "testing", "__pycache__", "f2py", "distutils", "_pyinstaller",
               "doc", "benchmarks", "include"}
 SKIP_SUFFIXES = (".pyi", ".pxd", ".c", ".h", ".typed", ".txt", ".md", ".cfg", ".pc")
 SKIP_FILES = {"zstandard/_cffi.cpython", "zstandard/backend_cffi.py"}
+#: numpy subpackages neither ``import numpy`` nor kdumpy imports (numpy 2 loads them lazily)
+SKIP_FILES |= {f"numpy/{p}/" for p in ("random", "fft", "polynomial", "ma", "testing",
+                                       "typing", "f2py", "distutils", "_pyinstaller",
+                                       "doc")}
 #: Imported by name at run time (codecs lookups), not by an import statement.
 STDLIB_WHOLE = ("encodings",)
 #: Packages outside a capture's reach that modulefinder meets through optional imports.
 STDLIB_EXCLUDE = ("tkinter", "test", "idlelib", "turtledemo", "lib2to3", "ensurepip",
                   "pydoc_data", "unittest", "doctest", "pdb", "pydoc", "xmlrpc",
                   "webbrowser", "http", "asyncio", "multiprocessing", "email", "html",
-                  "sqlite3", "curses", "dbm", "venv", "distutils", "xml")
+                  "sqlite3", "curses", "dbm", "venv", "distutils", "xml",
+                  # OpenSSL (libcrypto, ~5 MiB): hashlib falls back to its built-in
+                  # _md5/_sha* modules, and no capture speaks TLS
+                  "_hashlib", "_ssl", "ssl", "_pydecimal")
 
 
 class UserspaceError(KdumpyError):
@@ -98,11 +115,11 @@ def ldd(path: str) -> list[str]:
 def add_binary(tree: ImageTree, path: str, seen: set[str] | None = None) -> None:
     """A host executable or shared object and, through ldd, every library it needs."""
     seen = seen if seen is not None else set()
-    tree.copy_host_path(path)
+    tree.copy_host_path(path, strip=True)
     for lib in ldd(path):
         if lib not in seen:
             seen.add(lib)
-            tree.copy_host_path(lib)
+            tree.copy_host_path(lib, strip=True)
 
 
 def add_busybox(tree: ImageTree, busybox: str = BUSYBOX) -> list[str]:
@@ -164,11 +181,11 @@ def add_module_file(tree: ImageTree, host: str, image: str, seen: set[str]) -> N
     if host.endswith(".py"):
         tree.add_bytes(image[:-3] + ".pyc", compile_pyc(host, image))
     elif host.endswith(".so"):
-        tree.add_file(image, host, 0o755)
+        tree.add_file(image, host, 0o755, strip=True)
         for lib in ldd(host):
             if lib not in seen:
                 seen.add(lib)
-                tree.copy_host_path(lib)
+                tree.copy_host_path(lib, strip=True)
     else:
         tree.add_file(image, host)
 
@@ -206,8 +223,12 @@ def stdlib_modules(py: PythonLayout, kdumpy_dir: str) -> list[str]:
     if out.returncode != 0:
         raise UserspaceError(f"cannot list the modules kdumpy imports: {out.stderr.strip()}")
     std = os.path.realpath(py.stdlib)
+    def excluded(f: str) -> bool:
+        rel = os.path.relpath(os.path.realpath(f), std).removeprefix("lib-dynload/")
+        return rel.split("/")[0].split(".")[0] in STDLIB_EXCLUDE
+
     found = [f for f in out.stdout.splitlines()
-             if os.path.realpath(f).startswith(std + "/")
+             if os.path.realpath(f).startswith(std + "/") and not excluded(f)
              and "/site-packages/" not in f and "/dist-packages/" not in f]
     for pkg in STDLIB_WHOLE:
         base = os.path.join(py.stdlib, pkg)
@@ -235,7 +256,8 @@ def dist_files(name: str) -> list[tuple[str, str]]:
     return out
 
 
-def add_python(tree: ImageTree, py: PythonLayout, kdumpy_dir: str) -> dict[str, int]:
+def add_python(tree: ImageTree, py: PythonLayout, kdumpy_dir: str,
+               dists: list[str]) -> dict[str, int]:
     """The interpreter at its own path (venv symlink and pyvenv.cfg included), the
     standard-library modules kdumpy imports, kdumpy's dependencies and kdumpy itself, all
     byte-compiled. Returns bytes per part."""
@@ -256,7 +278,7 @@ def add_python(tree: ImageTree, py: PythonLayout, kdumpy_dir: str) -> dict[str, 
     sizes["stdlib"] = tree.total_size() - before
     before = tree.total_size()
     site = py.site_packages
-    for dist in DIST_IMPORTS:
+    for dist in dists:
         for host, rel in dist_files(dist):
             add_module_file(tree, host, os.path.join(site, rel), seen)
     sizes["site-packages"] = tree.total_size() - before
