@@ -333,9 +333,11 @@ class ElfMemory(DumpMemory):
                                       f"{MAX_PHYS_ADDR.bit_length() - 1}-bit physical address space")
         end = max((pa + mem for pa, mem, *_ in self.segments), default=0)
         self.max_pfn = -(-end // ps)
-        self._present_iv = _merge((pa // ps, -(-(pa + mem) // ps)) for pa, mem, *_ in self.segments)
-        self._dumpable_iv = _merge((pa // ps, -(-(pa + fsz) // ps))
-                                   for pa, _m, fsz, *_ in self.segments if fsz)
+        # Whole pages only: a PT_LOAD ending mid-page (kexec_load's BIOS range 0x1000-0x9fc00)
+        # does not make its last page present, as makedumpfile's paddr_to_pfn(end) rounds down.
+        self._present_iv = _merge((pa // ps, (pa + mem) // ps) for pa, mem, *_ in self.segments)
+        self._dumpable_iv = _merge((pa // ps, min(-(-(pa + fsz) // ps), (pa + mem) // ps))
+                                   for pa, mem, fsz, *_ in self.segments if fsz)
         self._present: np.ndarray | None = None
         self._dumpable: np.ndarray | None = None
 
