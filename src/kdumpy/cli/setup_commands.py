@@ -79,16 +79,28 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from kdumpy.setup.config import load_config
     from kdumpy.setup.crashkernel import KernelRules, evaluate
     from kdumpy.setup.sizes import human, parse_size
-    from kdumpy.setup.status import default_images
+    from kdumpy.setup.status import capture_images
     paths = _paths(args)
     cfg = load_config(_config_path(args), must_exist=bool(args.config))
     release = sysfs.kernel_release(paths)
     ram = parse_size(args.ram, "--ram") if args.ram else sysfs.ram_size(paths)[0]
     if not ram:
         raise KdumpyError("cannot tell this machine's RAM size; pass --ram SIZE")
-    kernel, initrd = default_images(paths, cfg, release)
+    kernel, initrd, own = capture_images(paths, cfg, release)
+    image_note = None
+    if own:
+        # measure the image the capture kernel will boot: build it when missing or stale
+        from kdumpy.setup.capture_image import build as image_build
+        try:
+            initrd, man = image_build.ensure(paths, cfg, release, _config_path(args))
+            if man is not None and not args.json:
+                print(f"kdumpy: built the capture image {initrd}")
+        except KdumpyError as exc:
+            image_note = f"estimated without the capture image, which cannot be built: {exc}"
     e = est_mod.estimate(ram, kernel=kernel, initrd=initrd, arch=_arch(args),
-                         threads=cfg.dump.threads or 1)
+                         threads=cfg.dump.threads or 1, own_image=own)
+    if image_note:
+        e.notes.append(image_note)
     cmd = sysfs.cmdline(paths)
     current = sysfs.crash_reservation(paths).size
     now = evaluate(cmd, ram, KernelRules.for_kernel(release, _arch(args))) \
@@ -108,7 +120,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         _dump_json(d)
         return 0
     print(f"The capture boot needs about {human(e.needed)} on this machine ({human(ram)} RAM): "
-          f"kernel + the larger of initramfs and userspace + kdumpy, plus "
+          f"kernel + the larger of (initramfs) and (userspace + kdumpy), plus "
           f"{int(est_mod.MARGIN * 100)}%:")
     for name, size in e.components.items():
         print(f"  {name:10} {human(size):>10}  {e.sources[name]}")

@@ -172,8 +172,9 @@ def check_reservation_size(ctx: Context) -> None:
     if not (ctx.res and ctx.res.size) or ctx.cfg is None:
         return
     from kdumpy.setup.estimate import estimate
-    kernel, initrd = default_images(ctx.paths, ctx.cfg, ctx.release)
-    est = estimate(ctx.ram, kernel=kernel, initrd=initrd, arch=ctx.arch, quick=True)
+    kernel, initrd, own = capture_images(ctx.paths, ctx.cfg, ctx.release)
+    est = estimate(ctx.ram, kernel=kernel, initrd=initrd, arch=ctx.arch, quick=True,
+                   own_image=own)
     ctx.st.facts["estimate"] = est.needed
     if ctx.res.size < est.needed:
         ctx.find("reservation size", WARNING,
@@ -443,6 +444,18 @@ def default_images(paths: SystemPaths, cfg: Config,
     initrd = paths.path(cfg.load.initrd) if cfg.load.initrd else next(
         (p for p in paths.boot_initrd_candidates(release) if os.path.isfile(p)), None)
     return kernel, initrd
+
+
+def capture_images(paths: SystemPaths, cfg: Config,
+                   release: str) -> tuple[str | None, str | None, bool]:
+    """(kernel, initrd, own image) the capture boot uses: kdumpy's capture image unless
+    ``load.initrd`` names another (None while the image is not built)."""
+    kernel, system_initrd = default_images(paths, cfg, release)
+    if cfg.load.initrd:
+        return kernel, system_initrd, False
+    from kdumpy.setup.capture_image.build import image_path
+    img = image_path(paths, release)
+    return kernel, img if os.path.isfile(img) else None, True
 
 
 def format_status(st: Status) -> str:
