@@ -185,11 +185,27 @@ def test_install_writes_units(tmp_path, capsys):
     assert stat.S_IMODE(os.stat(tmp_path / "etc/kdumpy/pre.d").st_mode) == 0o700
     out = capsys.readouterr().out
     assert "wrote" in out and "systemctl daemon-reload" in out
+    # the kernel hooks build a new kernel's capture image, through the same command
+    post = (tmp_path / "etc/kernel/postinst.d/50-kdumpy").read_text()
+    assert "'/opt/my kdumpy/bin/kdumpy' rebuild --kernel \"$1\" || \\\n" in post
+    plugin = (tmp_path / "etc/kernel/install.d/50-kdumpy.install").read_text()
+    assert "add)" in plugin and "remove)" in plugin and "rebuild --kernel" in plugin
+    assert 'rm -f "/var/lib/kdumpy/capture-$1.img"' in (
+        tmp_path / "etc/kernel/postrm.d/50-kdumpy").read_text()
+    import subprocess
+    for p in ("etc/kernel/postinst.d/50-kdumpy", "etc/kernel/postrm.d/50-kdumpy",
+              "etc/kernel/install.d/50-kdumpy.install"):
+        assert stat.S_IMODE(os.stat(tmp_path / p).st_mode) == 0o755
+        assert subprocess.run(["sh", "-n", str(tmp_path / p)]).returncode == 0
     # a second install keeps the admin's config
     (tmp_path / "etc/kdumpy.toml").write_text("[dump]\nkeep = 2\n")
     assert main(["install", "--root", str(tmp_path)]) == 0
     assert (tmp_path / "etc/kdumpy.toml").read_text() == "[dump]\nkeep = 2\n"
     assert "kept  " + str(tmp_path / "etc/kdumpy.toml") in capsys.readouterr().out
+    # by default the units run this interpreter by absolute path, not a PATH lookup
+    load = (tmp_path / "etc/systemd/system/kdumpy.service").read_text()
+    assert f"ExecStart={os.path.abspath(sys.executable)} -m kdumpy load\n" in load
+    assert "TimeoutStartSec=" in load
 
 
 def test_systemd_quoting():

@@ -339,7 +339,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         capture = build_capture_cmdline(base, arch=_arch(args), remove=[
             *cfg.load.cmdline_remove, early.SWITCH], append=cfg.load.cmdline_append)
         gens = early.detect_generators(paths)
-        for item in install_early(paths, capture):
+        for item in install_early(paths, capture, cmd):
             print(f"wrote {item.path}")
         for g in gens or ["initramfs-tools"]:
             print(f"early kdump ({g}): {early.REBUILD[g]}, then add {early.SWITCH} to the "
