@@ -351,7 +351,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from kdumpy.setup.test_trigger import run_test
+    from kdumpy.setup.crash_test import run_test
 
     def confirm(warning: str) -> bool:
         if args.yes:

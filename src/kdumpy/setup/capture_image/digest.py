@@ -4,7 +4,8 @@ As ``kdumpctl`` rebuilds its initramfs when the kernel, ``kdump.conf`` or the du
 devices change, the image is stale when any of these differ from the build's:
 
 * ``kernel``: the release, its ``modules.dep`` and the bytes of every module put in;
-* ``config``: the config file's bytes and the files copied with it (hooks, hostname);
+* ``config``: the config's values (not its comments) and the files copied with it (hooks,
+  hostname);
 * ``target``: the target filesystem's UUID, type, mount and the devices under it;
 * ``kdumpy``: kdumpy's version and the bytes of its sources;
 * ``python``: the interpreter's path and version and the versions of kdumpy's dependencies;
@@ -53,7 +54,7 @@ def parts(plan: ImagePlan, kdumpy_dir: str | None = None) -> dict[str, str]:
     kernel = _h(plan.release, _file(os.path.join(plan.module_dir, "modules.dep")),
                 *[m + "\0" for m in plan.modules],
                 *[_file(os.path.join(plan.module_dir, m)) for m in plan.modules])
-    config = _h(plan.config_text, *[f"{k}\0" for k in sorted(plan.files)],
+    config = _h(plan.config_values, *[f"{k}\0" for k in sorted(plan.files)],
                 *[_file(plan.files[k]) for k in sorted(plan.files)])
     t = plan.target
     target = _h(json.dumps({"uuid": t.uuid, "fstype": t.mount.fstype,

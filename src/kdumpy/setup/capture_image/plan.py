@@ -12,6 +12,8 @@ hooks filled by :func:`network_hook` (empty until network support lands there).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +59,8 @@ class ImagePlan:
     init: InitPlan
     config_path: str | None            # host config file (None: defaults)
     config_text: bytes
+    #: the parsed config's values (comments and layout do not make the image stale)
+    config_values: str = ""
     files: dict[str, str] = field(default_factory=dict)   # image path -> host path
     notes: list[str] = field(default_factory=list)
 
@@ -117,7 +121,8 @@ def make_plan(paths: SystemPaths, cfg: Config, release: str, *, python: str,
             text = f.read()
     init = InitPlan(python=python, config="/etc/kdumpy.toml", final=cfg.actions.final,
                     failure=cfg.actions.failure, deadline=deadline or DEFAULT_DEADLINE)
-    plan = ImagePlan(release, module_dir, [], [], None, init, config_path, text)
+    plan = ImagePlan(release, module_dir, [], [], None, init, config_path, text,
+                     json.dumps(dataclasses.asdict(cfg) | {"source": None}, sort_keys=True))
     if cfg.target.kind == "path":
         t = local_target(paths, cfg.target.path)
         plan.target = t
