@@ -106,12 +106,21 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     now = evaluate(cmd, ram, KernelRules.for_kernel(release, _arch(args))) \
         if sysfs.crashkernel_words(cmd) else None
     applied = None
+    bootloader_kind = None
     if args.apply:
-        if not est_mod.grub_present(paths):
-            raise KdumpyError(f"no GRUB found ({paths.grub_default}); add "
+        from kdumpy.setup import bootloader
+        loader = bootloader.kind(paths)
+        if loader is None:
+            raise KdumpyError(f"no GRUB found ({paths.grub_default}) and no boot loader "
+                              f"entries ({bootloader.BLS_DIR}); add "
                               f"crashkernel={e.recommended} to your boot loader's kernel "
                               "command line yourself")
-        applied = est_mod.apply_grub(paths, e.recommended)
+        bootloader_kind = loader
+        if loader == "bls":
+            changed = bootloader.apply_bls(paths, e.recommended)
+            applied = ", ".join(changed) if changed else "nothing (already set)"
+        else:
+            applied = est_mod.apply_grub(paths, e.recommended)
     if args.json:
         d = e.to_json()
         d["kernel"], d["initrd"] = kernel, initrd
@@ -134,7 +143,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
               + (f"; {human(current)} reserved now" if current else ""))
     else:
         print("current: no crashkernel= on the kernel command line")
-    if applied:
+    if applied and bootloader_kind == "bls":
+        print(f"updated {applied}; reboot to reserve it")
+    elif applied:
         print(f"wrote {applied}; now run update-grub and reboot")
     else:
         print("to apply: add it to the kernel command line; with GRUB, "
