@@ -124,3 +124,21 @@ def test_digest_names_what_changed(tmp_path: Path):
     mount(fs.root, devno, "/var/crash", uuid="0b1c2d3e-0000-4000-8000-000000000001")
     assert "the dump target's devices" in digest.changed(base, parts())
     assert digest.changed(None, base) == ["no manifest"]
+
+
+def test_plan_from_config(tmp_path: Path):
+    fs = make_fake_system(tmp_path)
+    fake_target_system(fs.root, RELEASE)
+    fs.write("/etc/kdumpy/pre.d/10-copy", "#!/bin/sh\n", 0o755)
+    paths = SystemPaths(str(fs.root))
+    cfg = parse_config('[dump]\ndeadline = 600\n[actions]\nfailure = "halt"\n')
+    plan = make_plan(paths, cfg, RELEASE, python="/usr/bin/python3", config_path=paths.config)
+    text = render(plan.init)
+    assert "timeout -s KILL 600 /usr/bin/python3 -m kdumpy capture" in text
+    assert "finish 'halt -f' halt" in text
+    assert plan.init.fs_uuid == ROOT_UUID and plan.init.fsck.endswith("e2fsck")
+    assert [(b.source, b.dest) for b in plan.init.binds] == [
+        ("var/crash", "/var/crash"), ("var/lib/kdumpy", "/var/lib/kdumpy")]
+    assert plan.files["/etc/kdumpy/pre.d/10-copy"] == str(fs.root / "etc/kdumpy/pre.d/10-copy")
+    assert plan.files["/etc/hostname"] == str(fs.root / "etc/hostname")
+    assert plan.wanted == ["virtio_blk", "virtio_pci", "ext4"]

@@ -120,7 +120,8 @@ def make_plan(paths: SystemPaths, cfg: Config, release: str, *, python: str,
         with open(config_path, "rb") as f:
             text = f.read()
     init = InitPlan(python=python, config="/etc/kdumpy.toml", final=cfg.actions.final,
-                    failure=cfg.actions.failure, deadline=deadline or DEFAULT_DEADLINE)
+                    failure=cfg.actions.failure,
+                    deadline=deadline or cfg.dump.deadline or DEFAULT_DEADLINE)
     plan = ImagePlan(release, module_dir, [], [], None, init, config_path, text,
                      json.dumps(dataclasses.asdict(cfg) | {"source": None}, sort_keys=True))
     if cfg.target.kind == "path":
