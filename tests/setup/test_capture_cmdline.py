@@ -31,7 +31,8 @@ def test_x86_64_drop_and_append():
 def test_image_drops_every_root_parameter():
     cur = ("root=/dev/mapper/vg-root rootflags=subvol=@ rootfstype=btrfs rd.lvm.lv=vg/root "
            "rd.luks.uuid=luks-1 init=/lib/systemd/systemd rootwait console=ttyS0 "
-           "swiotlb=65536 log_buf_len=1M ignition.firstboot slub_debug=FZ")
+           "swiotlb=65536 log_buf_len=1M ignition.firstboot slub_debug=FZ "
+           "panic_on_taint=0x20,nousertaint panic_on_warn=1")
     assert build_capture_cmdline(cur, arch="x86_64") == "console=ttyS0 " + X86
 
 

@@ -16,8 +16,9 @@ Facts relied on:
   panics reboots instead of hanging.
 * Removed from the running kernel's line: kdump-utils' common list (``hugepages hugepagesz
   slub_debug quiet log_buf_len swiotlb hugetlb_cma ignition.firstboot``; ``cma``, which it
-  keeps on ppc64le only, is dropped everywhere here), the reservation itself, ``panic_on_warn``,
-  ``default_hugepagesz``, ``kmemleak``, ``splash``, hibernation ``resume`` (the initramfs
+  keeps on ppc64le only, is dropped everywhere here), the reservation itself,
+  ``panic_on_warn`` and ``panic_on_taint`` (kdumpy's ``[triggers]`` put the latter there; a
+  WARN or a taint in the capture boot must not cost the dump), ``default_hugepagesz``, ``kmemleak``, ``splash``, hibernation ``resume`` (the initramfs
   would try to resume), ``BOOT_IMAGE``, any ``systemd.unit``; and every parameter that is
   appended, so ours are the only ones.
 * kdumpy's own capture image (:mod:`kdumpy.setup.capture_image`) mounts only the dump
@@ -56,7 +57,7 @@ SAVE_UNIT = "kdumpy-save.service"
 CAPTURE_TRIGGER = (f"systemd.unit={SAVE_UNIT}",)
 
 ALWAYS_REMOVE = ("crashkernel", "hugepages", "hugepagesz", "default_hugepagesz",
-                 "hugetlb_cma", "cma", "panic_on_warn", "quiet", "splash", "slub_debug",
+                 "hugetlb_cma", "cma", "panic_on_warn", "panic_on_taint", "quiet", "splash", "slub_debug",
                  "log_buf_len", "swiotlb", "ignition.firstboot", "kmemleak", "resume",
                  "resume_offset", "BOOT_IMAGE", "systemd.unit", "rd.systemd.unit")
 #: Dropped when the capture kernel boots kdumpy's image: it never mounts the root.
