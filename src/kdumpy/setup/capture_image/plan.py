@@ -145,6 +145,9 @@ def make_plan(paths: SystemPaths, cfg: Config, release: str, *, python: str,
                               "`kdumpy test` outcomes are not recorded")
         if any(s.startswith("dm:LVM-") for s in t.stacked):
             init.lvm = "/usr/sbin/lvm"
+            conf = paths.path("/etc/lvm/lvm.conf")
+            if os.path.isfile(conf):        # the admin's device filters
+                plan.files["/etc/lvm/lvm.conf"] = conf
     elif network_hook is not None:
         network_hook(paths, cfg, plan)
     else:
