@@ -26,6 +26,7 @@ from kdumpy.setup.capture_image.plan import ImagePlan, make_plan
 from kdumpy.setup.capture_image.tree import ImageTree, write_image
 from kdumpy.setup.capture_image.userspace import (
     PythonLayout,
+    add_binary,
     add_busybox,
     add_fsck,
     add_python,
@@ -123,11 +124,12 @@ def build(paths: SystemPaths, cfg: Config, release: str, config_path: str | None
     before = tree.total_size()
     fsck = add_fsck(tree, plan.init.fsck) if plan.init.fsck else None
     if plan.init.lvm:
-        from kdumpy.setup.capture_image.userspace import add_binary
         if not os.path.exists(plan.init.lvm):
             raise KdumpyError(f"the target is on LVM but {plan.init.lvm} is missing: "
                               "apt-get install lvm2")
         add_binary(tree, plan.init.lvm)
+    for exe in plan.binaries:
+        add_binary(tree, exe)
     sizes["tools"] = tree.total_size() - before
     py = PythonLayout.current()
     sizes.update(add_python(tree, py, os.path.dirname(kdumpy.__file__),

@@ -55,7 +55,8 @@ def parts(plan: ImagePlan, kdumpy_dir: str | None = None) -> dict[str, str]:
                 *[m + "\0" for m in plan.modules],
                 *[_file(os.path.join(plan.module_dir, m)) for m in plan.modules])
     config = _h(plan.config_values, *[f"{k}\0" for k in sorted(plan.files)],
-                *[_file(plan.files[k]) for k in sorted(plan.files)])
+                *[_file(plan.files[k]) for k in sorted(plan.files)],
+                *[f"{b}\0" for b in plan.binaries])
     t = plan.target
     target = _h(json.dumps({"uuid": t.uuid, "fstype": t.mount.fstype,
                             "mountpoint": t.mount.mountpoint, "devno": t.mount.devno,

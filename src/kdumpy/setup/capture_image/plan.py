@@ -6,8 +6,8 @@ the path (``/proc/self/mountinfo``) is mounted by UUID in the capture boot, with
 devices' drivers and its filesystem module; the target directory and, when it lives on the
 same filesystem, kdumpy's state directory (the pending test id, ``last-capture.json``) are
 bound at their usual paths, so ``kdumpy capture`` runs exactly as it would on the system.
-Network targets (ssh, nfs) mount nothing; their NIC modules and the network stage are
-hooks filled by :func:`network_hook` (empty until network support lands there).
+Network targets (ssh, nfs) mount nothing; their NIC modules, tools and network stage come
+from the planner registered for the target kind in :data:`NETWORK_PLANNERS`.
 """
 
 from __future__ import annotations
@@ -62,12 +62,17 @@ class ImagePlan:
     #: the parsed config's values (comments and layout do not make the image stale)
     config_values: str = ""
     files: dict[str, str] = field(default_factory=dict)   # image path -> host path
+    #: host executables copied at their own paths with their libraries (ldd)
+    binaries: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
-#: (paths, config, plan) -> None: adds NIC modules (plan.wanted), files and init stages for
-#: a network target. Set by the network support; none by default.
-network_hook: Callable[[SystemPaths, Config, ImagePlan], None] | None = None
+#: [target] kind -> planner(paths, config, plan) for network targets: it adds the NIC's
+#: driver modules (``plan.wanted``, names or modaliases), the tools (``plan.binaries``),
+#: files such as the ssh key (``plan.files``) and an init stage bringing the network up
+#: (``plan.init.stages``: sourced after the modules load, before the capture). The network
+#: support registers its planners here.
+NETWORK_PLANNERS: dict[str, Callable[[SystemPaths, Config, ImagePlan], None]] = {}
 
 
 def filesystem_uuid(paths: SystemPaths, devno: str) -> str | None:
@@ -148,8 +153,8 @@ def make_plan(paths: SystemPaths, cfg: Config, release: str, *, python: str,
             conf = paths.path("/etc/lvm/lvm.conf")
             if os.path.isfile(conf):        # the admin's device filters
                 plan.files["/etc/lvm/lvm.conf"] = conf
-    elif network_hook is not None:
-        network_hook(paths, cfg, plan)
+    elif cfg.target.kind in NETWORK_PLANNERS:
+        NETWORK_PLANNERS[cfg.target.kind](paths, cfg, plan)
     else:
         plan.notes.append(f"{cfg.target.kind} target: no network support in the capture "
                           "image yet")
