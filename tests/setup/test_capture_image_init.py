@@ -142,3 +142,28 @@ def test_plan_from_config(tmp_path: Path):
     assert plan.files["/etc/kdumpy/pre.d/10-copy"] == str(fs.root / "etc/kdumpy/pre.d/10-copy")
     assert plan.files["/etc/hostname"] == str(fs.root / "etc/hostname")
     assert plan.wanted == ["virtio_blk", "virtio_pci", "ext4"]
+
+
+def test_network_planner_hook(tmp_path: Path, monkeypatch):
+    from kdumpy.setup.capture_image import plan as plan_mod
+    fs = make_fake_system(tmp_path)
+    fake_target_system(fs.root, RELEASE)
+    paths = SystemPaths(str(fs.root))
+    cfg = parse_config('[target]\nssh = "ssh://kdump@10.0.2.2/srv/crash"\n')
+    p = make_plan(paths, cfg, RELEASE, python="/usr/bin/python3", config_path=None)
+    assert p.target is None and p.modules == [] and "no network support" in p.notes[0]
+    assert "findfs" not in render(p.init)
+
+    def planner(paths, cfg, plan):
+        plan.wanted.append("virtio_blk")             # stands for the NIC driver here
+        plan.binaries.append("/usr/bin/ssh")
+        plan.init.stages.append(("network", "ip link set eth0 up\n"))
+
+    monkeypatch.setitem(plan_mod.NETWORK_PLANNERS, "ssh", planner)
+    p = make_plan(paths, cfg, RELEASE, python="/usr/bin/python3", config_path=None)
+    assert [m.rsplit("/", 1)[-1] for m in p.modules] == [
+        "virtio_ring.ko", "virtio.ko", "virtio_blk.ko.xz"]
+    assert p.binaries == ["/usr/bin/ssh"] and p.init.stages[0][0] == "network"
+    base = digest.parts(p)
+    p.binaries.append("/usr/bin/scp")
+    assert digest.changed(base, digest.parts(p)) == ["the config or its hooks"]
