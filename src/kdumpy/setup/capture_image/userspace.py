@@ -196,9 +196,21 @@ def _skipped(rel: str) -> bool:
             or any(rel.startswith(s) for s in SKIP_FILES) or parts[-1].endswith(".pyc"))
 
 
+_STDLIB_CACHE: dict[tuple[str, str, tuple[tuple[str, int, int], ...]], list[str]] = {}
+
+
 def stdlib_modules(py: PythonLayout, kdumpy_dir: str) -> list[str]:
     """Files of the standard library kdumpy's modules import (modulefinder), run in a
-    child of the same interpreter so nothing is imported here."""
+    child of the same interpreter so nothing is imported here; remembered per process
+    while kdumpy's sources are unchanged."""
+    key = (py.executable, kdumpy_dir, tuple(
+        (f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in kdumpy_sources(kdumpy_dir)))
+    if key not in _STDLIB_CACHE:
+        _STDLIB_CACHE[key] = _find_stdlib_modules(py, kdumpy_dir)
+    return list(_STDLIB_CACHE[key])
+
+
+def _find_stdlib_modules(py: PythonLayout, kdumpy_dir: str) -> list[str]:
     script = (
         "import modulefinder, pkgutil, sys, os\n"
         f"excl = {list(STDLIB_EXCLUDE) + ['numpy', 'zstandard', 'cramjam', 'lzo', 'tqdm', 'drgn', '_drgn', 'lab']!r}\n"
