@@ -162,6 +162,7 @@ MOUNTED={q(b.dest)}" $MOUNTED"
 """)
         lines.append(f'log "{MSG_MOUNTED[len("kdumpy-init: "):]}"\n')
     lines.append(f"""
+log "$(grep -m1 MemTotal /proc/meminfo | tr -s ' '), $(grep -m1 MemAvailable /proc/meminfo | tr -s ' ')"
 if [ ! -e /proc/vmcore ]; then
     # booted by hand or by a test: prove the interpreter and kdumpy start, then give up
     {q(plan.python)} -m kdumpy capture --help >/dev/null 2>&1 && ok=ok || ok="cannot start"
