@@ -31,7 +31,8 @@ def full_plan() -> InitPlan:
                     fstype="ext4", fsck="/usr/sbin/e2fsck",
                     binds=[Bind("var/crash", "/var/crash"),
                            Bind("var/lib/kdumpy", "/var/lib/kdumpy")],
-                    lvm="/usr/sbin/lvm", stages=[("net", "ip link set lo up\n")])
+                    lvm="/usr/sbin/lvm", mdadm="/usr/sbin/mdadm",
+                    stages=[("net", "ip link set lo up\n")])
 
 
 def test_init_is_valid_busybox_sh():
@@ -64,6 +65,8 @@ def test_init_mounts_only_the_target():
     assert "mount --bind /sysroot/var/crash /var/crash" in text
     assert "mount --bind /sysroot/var/lib/kdumpy /var/lib/kdumpy" in text
     assert "vgchange -ay --sysinit" in text and "udev_rules = 0" in text
+    assert "/usr/sbin/mdadm --assemble --scan --run" in text
+    assert text.index("mdadm --assemble") < text.index("vgchange")   # LVM on md works
     # the stages run after the modules load and before the target is looked for
     assert text.index("/kdumpy/modules") < text.index("/kdumpy/stages") < text.index("findfs")
     net = render(InitPlan(python="/usr/bin/python3", config="/etc/kdumpy.toml"))

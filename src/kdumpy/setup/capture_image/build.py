@@ -123,11 +123,12 @@ def build(paths: SystemPaths, cfg: Config, release: str, config_path: str | None
     sizes["modules"] = tree.total_size() - before
     before = tree.total_size()
     fsck = add_fsck(tree, plan.init.fsck) if plan.init.fsck else None
-    if plan.init.lvm:
-        if not os.path.exists(plan.init.lvm):
-            raise KdumpyError(f"the target is on LVM but {plan.init.lvm} is missing: "
-                              "apt-get install lvm2")
-        add_binary(tree, plan.init.lvm)
+    for tool, pkg, what in ((plan.init.lvm, "lvm2", "LVM"), (plan.init.mdadm, "mdadm", "md")):
+        if tool:
+            if not os.path.exists(tool):
+                raise KdumpyError(f"the target is on {what} but {tool} is missing: "
+                                  f"apt-get install {pkg}")
+            add_binary(tree, tool)
     for exe in plan.binaries:
         add_binary(tree, exe)
     sizes["tools"] = tree.total_size() - before

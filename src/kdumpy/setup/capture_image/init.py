@@ -15,7 +15,8 @@ Facts relied on:
   blkid probe, no udev needed); ``timeout -s KILL SECS PROG`` kills PROG after SECS.
 * ``e2fsck -p`` ("preen") never asks; exit status bits: 1 errors corrected, 2 reboot
   advised (only matters for a mounted root), 4 errors left uncorrected, 8 operational error
-  (e2fsck(8)). ``lvm vgchange -ay`` with ``activation { udev_sync = 0 udev_rules = 0 }``
+  (e2fsck(8)). ``mdadm --assemble --scan`` assembles the arrays its ``mdadm.conf`` (or
+  the superblocks) describe. ``lvm vgchange -ay`` with ``activation { udev_sync = 0 udev_rules = 0 }``
   creates the /dev/mapper nodes itself, for an initramfs without udev (lvm.conf(5)).
 * No sysctl is applied here: there is no systemd-sysctl and no /etc/sysctl.d in the image,
   so ``kernel.panic_on_warn`` and friends keep the capture kernel's defaults.
@@ -63,6 +64,7 @@ class InitPlan:
     fsck: str | None = None            # e.g. /usr/sbin/e2fsck
     binds: list[Bind] = field(default_factory=list)
     lvm: str | None = None             # path of the lvm tool when the target is on LVM
+    mdadm: str | None = None           # path of mdadm when the target is on md RAID
     #: (name, sh text) run after the modules load, before the target is mounted (e.g. the
     #: network for an ssh/nfs target); each is a file under STAGE_DIR, sourced in order.
     stages: list[tuple[str, str]] = field(default_factory=list)
@@ -134,6 +136,9 @@ done
 UUID={q(plan.fs_uuid)}
 i=0
 while ! dev=$(findfs "UUID=$UUID" 2>/dev/null); do
+""")
+        if plan.mdadm:
+            lines.append(f"""    {q(plan.mdadm)} --assemble --scan --run >/dev/null 2>&1
 """)
         if plan.lvm:
             lines.append(f"""    {q(plan.lvm)} vgchange -ay --sysinit --config \\

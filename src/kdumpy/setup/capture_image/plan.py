@@ -148,6 +148,11 @@ def make_plan(paths: SystemPaths, cfg: Config, release: str, *, python: str,
         else:
             plan.notes.append("kdumpy's state directory is not on the target's filesystem: "
                               "`kdumpy test` outcomes are not recorded")
+        if any(s.startswith("md:") for s in t.stacked):
+            init.mdadm = "/usr/sbin/mdadm"
+            for conf in ("/etc/mdadm/mdadm.conf", "/etc/mdadm.conf"):
+                if os.path.isfile(paths.path(conf)):
+                    plan.files[conf] = paths.path(conf)
         if any(s.startswith("dm:LVM-") for s in t.stacked):
             init.lvm = "/usr/sbin/lvm"
             conf = paths.path("/etc/lvm/lvm.conf")
