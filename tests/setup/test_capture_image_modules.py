@@ -114,3 +114,20 @@ def test_fake_tree_and_mountinfo(tmp_path: Path):
     assert mount_of(paths, "/var/crash").mountpoint == "/"
     m = mount_of(paths, "/var/crash dumps/x")
     assert (m.mountpoint, m.fstype) == ("/var/crash dumps", "tmpfs")
+
+
+def test_md_raid_chain(tmp_path: Path):
+    a = virtio_disk(tmp_path)
+    b = virtio_disk(tmp_path, pci="0000:00:05.0", virtio="virtio2", disk="vdb", minor=17)
+    md = tmp_path / "sys/devices/virtual/block/md0"
+    (md / "md").mkdir(parents=True)
+    (md / "md/level").write_text("raid1\n")
+    (md / "slaves").mkdir()
+    for devno in (a, b):
+        slave = os.path.realpath(tmp_path / "sys/dev/block" / devno)
+        os.symlink(os.path.relpath(slave, md / "slaves"), md / "slaves" / os.path.basename(slave))
+    os.symlink("../../devices/virtual/block/md0", tmp_path / "sys/dev/block/9:0")
+    chain = block_chain(SystemPaths(str(tmp_path)), "9:0")
+    assert chain.devices == ["md0", "vda1", "vdb1"]
+    assert chain.stacked == ["md:raid1"]
+    assert chain.modules == ["md_mod", "raid1", "virtio_blk", "virtio_pci"]
