@@ -40,6 +40,15 @@ DEVICE_WAIT = 60
 #: The capture's deadline when the config does not set one.
 DEFAULT_DEADLINE = 3600
 
+
+
+def import_check(codec: str) -> str:
+    """Python that loads what a capture runs on: numpy, kdumpy's capture code, and the
+    configured codec (its library is imported at the first compressed page)."""
+    return ("import numpy, kdumpy.service, kdumpy.memory, kdumpy.capture.pipeline\n"
+            "from kdumpy.formats.codecs import CODECS\n"
+            f"CODECS[{codec!r}].compress(bytes(4096))\n")
+
 ACTION_COMMANDS = {"reboot": "reboot -f", "poweroff": "poweroff -f", "halt": "halt -f",
                    # no shell in the capture image: a shell waits for a human
                    "shell": "reboot -f"}
@@ -59,6 +68,7 @@ class InitPlan:
     final: str = "reboot"
     failure: str = "reboot"
     deadline: int = DEFAULT_DEADLINE
+    codec: str = "lzo"                 # [dump] compression
     fs_uuid: str | None = None         # None: no local filesystem to mount (network target)
     fstype: str | None = None
     fsck: str | None = None            # e.g. /usr/sbin/e2fsck
@@ -169,8 +179,9 @@ MOUNTED={q(b.dest)}" $MOUNTED"
     lines.append(f"""
 log "$(grep -m1 MemTotal /proc/meminfo | tr -s ' '), $(grep -m1 MemAvailable /proc/meminfo | tr -s ' ')"
 if [ ! -e /proc/vmcore ]; then
-    # booted by hand or by a test: prove the interpreter and kdumpy start, then give up
-    {q(plan.python)} -m kdumpy capture --help >/dev/null 2>&1 && ok=ok || ok="cannot start"
+    # booted by hand or by a test: prove the interpreter, numpy, the codecs and kdumpy's
+    # capture code load, then give up
+    {q(plan.python)} -c {q(import_check(plan.codec))} && ok=ok || ok="cannot start"
     fail "no /proc/vmcore: not a capture kernel's boot (kdumpy: $ok)"
 fi
 timeout -s KILL {int(plan.deadline)} {q(plan.python)} -m kdumpy capture --no-action --quiet \\

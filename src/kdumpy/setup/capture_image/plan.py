@@ -126,7 +126,8 @@ def make_plan(paths: SystemPaths, cfg: Config, release: str, *, python: str,
             text = f.read()
     init = InitPlan(python=python, config="/etc/kdumpy.toml", final=cfg.actions.final,
                     failure=cfg.actions.failure,
-                    deadline=deadline or cfg.dump.deadline or DEFAULT_DEADLINE)
+                    deadline=deadline or cfg.dump.deadline or DEFAULT_DEADLINE,
+                    codec=cfg.dump.compression)
     plan = ImagePlan(release, module_dir, [], [], None, init, config_path, text,
                      json.dumps(dataclasses.asdict(cfg) | {"source": None}, sort_keys=True))
     if cfg.target.kind == "path":

@@ -112,14 +112,23 @@ def ldd(path: str) -> list[str]:
     return libs
 
 
+def strippable(path: str) -> bool:
+    """Whether ``strip --strip-debug`` may rewrite ``path``: not the libraries of a wheel
+    (``site-packages``, auditwheel's ``*.libs``), which patchelf edited and strip would
+    leave with LOAD segments ld.so rejects ("ELF load command address/offset not
+    page-aligned")."""
+    return "/site-packages/" not in path and "/dist-packages/" not in path and \
+        ".libs/" not in path
+
+
 def add_binary(tree: ImageTree, path: str, seen: set[str] | None = None) -> None:
     """A host executable or shared object and, through ldd, every library it needs."""
     seen = seen if seen is not None else set()
-    tree.copy_host_path(path, strip=True)
+    tree.copy_host_path(path, strip=strippable(path))
     for lib in ldd(path):
         if lib not in seen:
             seen.add(lib)
-            tree.copy_host_path(lib, strip=True)
+            tree.copy_host_path(lib, strip=strippable(lib))
 
 
 def add_busybox(tree: ImageTree, busybox: str = BUSYBOX) -> list[str]:
@@ -181,11 +190,11 @@ def add_module_file(tree: ImageTree, host: str, image: str, seen: set[str]) -> N
     if host.endswith(".py"):
         tree.add_bytes(image[:-3] + ".pyc", compile_pyc(host, image))
     elif host.endswith(".so"):
-        tree.add_file(image, host, 0o755, strip=True)
+        tree.add_file(image, host, 0o755, strip=strippable(host))
         for lib in ldd(host):
             if lib not in seen:
                 seen.add(lib)
-                tree.copy_host_path(lib, strip=True)
+                tree.copy_host_path(lib, strip=strippable(lib))
     else:
         tree.add_file(image, host)
 
