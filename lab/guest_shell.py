@@ -157,9 +157,10 @@ class GuestBoot:
                 collect.append(line.text)
 
     def run(self, command: str, limit: float = 120, check: bool = True) -> Result:
-        """Run ``command`` in the guest's shell; its exit status and output lines."""
+        """Run ``command`` in a subshell of the guest's shell (an ``exit`` in it ends only the
+        subshell); its exit status and output lines."""
         ident = next(self._ids)
-        self.send(f"printf 'KDUMPY-%s sh-begin {ident}\\n' LAB; {{ {command}\n}} </dev/null 2>&1;"
+        self.send(f"printf 'KDUMPY-%s sh-begin {ident}\\n' LAB; ( {command}\n) </dev/null 2>&1;"
                   f" printf 'KDUMPY-%s sh-end {ident} rc=%d\\n' LAB $?\n")
         deadline = time.monotonic() + limit
         begin, _ = self._wait_mark("sh-begin", ident, deadline)
