@@ -32,7 +32,7 @@ from kdumpy.setup.capture_image.userspace import (
     add_python,
     dists_for,
 )
-from kdumpy.setup.config import Config, load_config
+from kdumpy.setup.config import Config
 from kdumpy.setup.paths import SystemPaths
 
 
@@ -192,6 +192,3 @@ def ensure(paths: SystemPaths, cfg: Config, release: str, config_path: str | Non
     man = build(paths, cfg, release, config_path)
     return man["image"], man
 
-
-def load_default_config(paths: SystemPaths, config_path: str | None) -> Config:
-    return load_config(config_path or paths.config)
