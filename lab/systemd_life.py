@@ -449,7 +449,9 @@ class _Life:
     # -- boot 3: the report -------------------------------------------------------------------
 
     def _boot3(self) -> None:
-        with self.boot("boot3", self.options.boot3_append) as guest:
+        # the reservation stays on the command line, as a boot loader's setting would
+        append = f"crashkernel={self.meta['crashkernel']} {self.options.boot3_append}".strip()
+        with self.boot("boot3", append) as guest:
             info = self.meta["boots"]["boot3"]
             info["login_seconds"] = guest.login(timeout("boot") + 60)
             info["boot_to_login_wall"] = round(time.time() - self.meta["boots"]["boot2"]
