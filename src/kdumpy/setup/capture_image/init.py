@@ -93,6 +93,10 @@ def render(plan: InitPlan) -> str:
 # final action ({plan.final}) or the failure action ({plan.failure}). Never a shell.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 PYTHONNOUSERSITE=1 TERM=dumb
+# less memory: one OpenBLAS thread (its buffers are per thread), few malloc arenas
+export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MALLOC_ARENA_MAX=2
+# less memory: one OpenBLAS thread (its buffers are per thread), few malloc arenas
+export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MALLOC_ARENA_MAX=2
 MOUNTED=""
 
 log() {{
@@ -184,11 +188,32 @@ if [ ! -e /proc/vmcore ]; then
     {q(plan.python)} -c {q(import_check(plan.codec))} && ok=ok || ok="cannot start"
     fail "no /proc/vmcore: not a capture kernel's boot (kdumpy: $ok)"
 fi
+t0=$(cut -d. -f1 /proc/uptime)
 timeout -s KILL {int(plan.deadline)} {q(plan.python)} -m kdumpy capture --no-action --quiet \\
     --config {q(plan.config)}
 rc=$?
 log "{MSG_CAPTURE_EXIT[len('kdumpy-init: '):]} $rc"
-[ $rc = 0 ] || fail "kdumpy capture exit $rc (137: killed at the {int(plan.deadline)}s deadline)"
+if [ $rc != 0 ] && [ $rc != 4 ]; then
+    # killed before it could record anything: say why where the next boot's status reads it
+    took=$(( $(cut -d. -f1 /proc/uptime) - t0 ))
+    if [ $rc = 137 ] && [ $took -ge {int(plan.deadline)} ]; then
+        why="killed at the {int(plan.deadline)}s deadline (dump.deadline)"
+    elif [ $rc = 137 ]; then
+        why="killed after ${{took}}s (out of memory: raise crashkernel=)"
+    else
+        why="kdumpy capture exit $rc"
+    fi
+    if [ -d /var/lib/kdumpy ] && [ -n "$MOUNTED" ]; then
+        tid=$(cat /var/lib/kdumpy/test-id 2>/dev/null)
+        [ -n "$tid" ] && tid="\\"$tid\\"" || tid=null
+        printf '{{"status": "failed", "error": "%s", "test_id": %s}}\\n' \\
+            "capture image: $why" "$tid" > /var/lib/kdumpy/last-capture.json
+        rm -f /var/lib/kdumpy/test-id
+        sync
+    fi
+    fail "$why"
+fi
+[ $rc = 0 ] || fail "kdumpy capture exit $rc (the dump failed)"
 finish {q(final)} {q(plan.final)}
 """)
     return "".join(lines)
