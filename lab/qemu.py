@@ -43,6 +43,7 @@ class Disk:
     path: Path
     serial: str
     readonly: bool = False
+    format: str = "raw"               # or qcow2 (an overlay on a shared base image)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,8 @@ def build_command(machine: Machine) -> list[str]:
         argv += ["-fsdev", ",".join(opts),
                  "-device", f"virtio-9p-pci,fsdev=fs{i},mount_tag={share.tag}"]
     for i, disk in enumerate(machine.disks):
-        opts = [f"file={_q(disk.path)}", "format=raw", "if=none", f"id=disk{i}", "cache=unsafe"]
+        opts = [f"file={_q(disk.path)}", f"format={disk.format}", "if=none", f"id=disk{i}",
+                "cache=unsafe"]
         if disk.readonly:
             opts.append("readonly=on")
         else:

@@ -297,6 +297,8 @@ def run_directory(release: str, crashkernel: str, options: RunOptions | None = N
         options.loader if options is not None else "", "")
     if options is not None and options.trigger != "sysrq":
         suffix += f"-{options.trigger}"
+    if options is not None and options.kexec_mode == "load":
+        suffix += "-kexec-load"
     return release_dir(release) / f"crash-{crashkernel}{suffix}"
 
 

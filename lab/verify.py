@@ -164,18 +164,15 @@ def _compare_partial(mem, raw: RawVmcore, pfn: int, level1: bool, result: Compar
                      keep: int) -> None:
     """Compare the bytes of a page that the raw copy holds only in part.
 
-    makedumpfile leaves such pages out of its dumps (it rounds each segment's start up and its
-    end down to whole pages), so only a level-1 kdumpy dump is required to have them.
+    makedumpfile leaves such pages out of its dumps (its first bitmap counts whole pages
+    only, ``paddr_to_pfn(end)`` rounding down) and kdumpy does the same, so no dump is required
+    to have them; one that has such a page must hold the raw bytes where the raw copy has them.
     """
     ps = raw.page_size
     result.pages_in_raw += 1
     spans = raw.covered(pfn)
     want = [raw.read_phys(pfn * ps + lo, hi - lo) for lo, hi in spans]
     if not mem.is_present(pfn):
-        if level1:
-            result.missing_count += 1
-            if len(result.missing_present) < keep:
-                result.missing_present.append(pfn)
         return
     if not mem.is_dumpable(pfn):
         if level1 and any(any(part) for part in want):

@@ -97,11 +97,12 @@ def make_vmcore(path: str, *, seed: int = 0, ram_pages: tuple[int, ...] = (150, 
     for pfn in range(last[0] + last[1] - 10, last[0] + last[1]):
         del pages[pfn]
     first = ranges[0]
-    # The unaligned tail page: its last 1024 bytes are not in the dump (read as zero).
+    # The unaligned tail page is not a whole page of RAM: like makedumpfile (whose first bitmap
+    # ends at paddr_to_pfn(end), rounded down), kdumpy leaves it out of the present pages.
     tail = first[0] + first[1] - 1
-    pages[tail] = pages[tail][:PAGE - 1024] + bytes(1024)
-    if not any(pages[tail]):
-        zero.add(tail)
+    del pages[tail]
+    present.discard(tail)
+    zero.discard(tail)
     phnum = 1 + len(loads)
     off = 64 + 56 * phnum
     phdrs = struct.pack("<IIQQQQQQ", 4, 0, off, 0, 0, len(notes), len(notes), 0)

@@ -97,3 +97,48 @@ def make_fake_system(root: Path, *, reserved: int = 256 << 20, loaded: bool = Tr
     fs.write(f"/boot/initrd.img-{RELEASE}", gzip.compress(b"070701" + b"0" * 200))
     fs.write("/etc/hostname", "testhost\n")
     return fs
+
+
+def system_initrd(fs: FakeSystem) -> str:
+    """The distribution's initramfs of the fake system (loads that do not need kdumpy's
+    capture image pass it with --initrd)."""
+    return str(fs.root / f"boot/initrd.img-{RELEASE}")
+
+
+_IMAGE_TEMPLATE: list[Path] = []
+
+
+def _image_template() -> Path:
+    """One fake system with a built capture image per test process (building takes
+    seconds: the Python part is the real interpreter's)."""
+    if not _IMAGE_TEMPLATE:
+        import tempfile
+
+        from fake_block import fake_target_system
+
+        from kdumpy.setup.capture_image.build import build
+        from kdumpy.setup.config import Config
+        from kdumpy.setup.paths import SystemPaths
+        root = Path(tempfile.mkdtemp(prefix="kdumpy-image-template-"))
+        make_fake_system(root)
+        fake_target_system(root, RELEASE)
+        paths = SystemPaths(str(root))
+        build(paths, Config(), RELEASE, paths.config)
+        _IMAGE_TEMPLATE.append(root)
+    return _IMAGE_TEMPLATE[0]
+
+
+def with_capture_image(fs: FakeSystem) -> FakeSystem:
+    """Give ``fs`` a root filesystem on a virtio disk (the default /var/crash target), a
+    module index, and a current capture image for it."""
+    import shutil
+
+    from fake_block import fake_target_system
+    fake_target_system(fs.root, RELEASE)
+    tpl = _image_template()
+    dest = fs.root / "var/lib/kdumpy"
+    dest.mkdir(parents=True, exist_ok=True)
+    os.chmod(dest, 0o700)
+    for name in (f"capture-{RELEASE}.img", f"capture-{RELEASE}.json"):
+        shutil.copy2(tpl / "var/lib/kdumpy" / name, dest / name)
+    return fs

@@ -13,7 +13,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fake_system import RELEASE, make_fake_system
+from fake_block import fake_target_system
+from fake_system import RELEASE, make_fake_system, system_initrd
 
 from kdumpy.cli import main
 from kdumpy.setup import kexec as kexec_mod
@@ -169,17 +170,24 @@ def fake_kernel(monkeypatch, system):
 def test_cli_load_and_unload(system, fake_kernel, capsys):
     fake, _ = fake_kernel
     root = str(system.root)
+    fake_target_system(system.root, RELEASE)
     assert main(["load", "--root", root, "--arch", "x86_64"]) == 0
     out = capsys.readouterr().out
     assert "with kexec_file_load" in out
+    # the capture image did not exist: load built it, and boots the capture kernel with it
+    image = system.root / f"var/lib/kdumpy/capture-{RELEASE}.img"
+    assert f"rebuilt the capture image {image}" in out
+    assert fake.calls[0]["initrd"] == str(image)
     cmd = fake.calls[0]["cmdline"].decode().rstrip("\0")
     assert "crashkernel" not in cmd and "quiet" not in cmd and "hugepages" not in cmd
-    assert "BOOT_IMAGE" not in cmd
-    assert cmd.startswith("root=UUID=1234 ro irqpoll nr_cpus=1")
-    assert cmd.endswith("systemd.unit=kdumpy-save.service")
+    assert "BOOT_IMAGE" not in cmd and "root=" not in cmd and "systemd.unit" not in cmd
+    assert cmd.startswith("ro irqpoll nr_cpus=1")
     assert fake.calls[0]["kernel"] == str(system.root / f"boot/vmlinuz-{RELEASE}")
     assert main(["status", "--root", root, "--arch", "x86_64"]) == 0
     assert "capture kernel loaded with kexec_file_load" in capsys.readouterr().out
+    # a second load finds the image current
+    assert main(["load", "--root", root, "--arch", "x86_64"]) == 0
+    assert "rebuilt" not in capsys.readouterr().out
     assert main(["unload", "--root", root, "--arch", "x86_64"]) == 0
     assert fake.calls[-1]["flags"] == KEXEC_FILE_UNLOAD | KEXEC_FILE_ON_CRASH
     assert main(["status", "--root", root, "--arch", "x86_64"]) == 3
@@ -225,6 +233,7 @@ def test_cli_load_error_is_one_line(system, monkeypatch, capsys):
                                                        stderr="kexec_load failed: Operation "
                                                               "not permitted\n"))
     system.set_lockdown("none")
-    assert main(["load", "--root", str(system.root), "--arch", "x86_64"]) == 1
+    assert main(["load", "--root", str(system.root), "--arch", "x86_64", "--initrd",
+                 system_initrd(system)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "kexec-tools load failed (exit 255)" in err

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fake_system import RELEASE, bzimage, make_fake_system
+from fake_system import RELEASE, bzimage, make_fake_system, with_capture_image
 
 from kdumpy.cli import main
 from kdumpy.setup.estimate import estimate, initramfs_unpacked_size, kernel_runtime_size
@@ -31,6 +31,7 @@ def status(root, capsys, *extra):
 
 def test_operational(tmp_path, capsys):
     fs = make_fake_system(tmp_path)
+    with_capture_image(fs)
     rc, out = status(fs.root, capsys)
     assert rc == 0, out
     assert out.startswith("kdump is operational")
@@ -77,6 +78,7 @@ def test_kernel_config_problems(tmp_path, capsys):
 
 def test_kernel_config_from_boot(tmp_path, capsys):
     fs = make_fake_system(tmp_path, config=None)
+    with_capture_image(fs)
     rc, out = status(fs.root, capsys)
     assert "kernel support not checked" in out and rc == 0
     from fake_system import GOOD_CONFIG
@@ -119,6 +121,7 @@ def test_bad_config_is_an_error(tmp_path, capsys):
 
 def test_small_reservation_warns(tmp_path, capsys):
     fs = make_fake_system(tmp_path, reserved=64 * M)
+    with_capture_image(fs)
     rc, out = status(fs.root, capsys)
     assert rc == 0
     assert "[warning] reservation size: 64 MiB reserved" in out
@@ -182,11 +185,27 @@ def test_install_writes_units(tmp_path, capsys):
     assert stat.S_IMODE(os.stat(tmp_path / "etc/kdumpy/pre.d").st_mode) == 0o700
     out = capsys.readouterr().out
     assert "wrote" in out and "systemctl daemon-reload" in out
+    # the kernel hooks build a new kernel's capture image, through the same command
+    post = (tmp_path / "etc/kernel/postinst.d/50-kdumpy").read_text()
+    assert "'/opt/my kdumpy/bin/kdumpy' rebuild --kernel \"$1\" || \\\n" in post
+    plugin = (tmp_path / "etc/kernel/install.d/50-kdumpy.install").read_text()
+    assert "add)" in plugin and "remove)" in plugin and "rebuild --kernel" in plugin
+    assert 'rm -f "/var/lib/kdumpy/capture-$1.img"' in (
+        tmp_path / "etc/kernel/postrm.d/50-kdumpy").read_text()
+    import subprocess
+    for p in ("etc/kernel/postinst.d/50-kdumpy", "etc/kernel/postrm.d/50-kdumpy",
+              "etc/kernel/install.d/50-kdumpy.install"):
+        assert stat.S_IMODE(os.stat(tmp_path / p).st_mode) == 0o755
+        assert subprocess.run(["sh", "-n", str(tmp_path / p)]).returncode == 0
     # a second install keeps the admin's config
     (tmp_path / "etc/kdumpy.toml").write_text("[dump]\nkeep = 2\n")
     assert main(["install", "--root", str(tmp_path)]) == 0
     assert (tmp_path / "etc/kdumpy.toml").read_text() == "[dump]\nkeep = 2\n"
     assert "kept  " + str(tmp_path / "etc/kdumpy.toml") in capsys.readouterr().out
+    # by default the units run this interpreter by absolute path, not a PATH lookup
+    load = (tmp_path / "etc/systemd/system/kdumpy.service").read_text()
+    assert f"ExecStart={os.path.abspath(sys.executable)} -m kdumpy load\n" in load
+    assert "TimeoutStartSec=" in load
 
 
 def test_systemd_quoting():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from fake_system import make_fake_system
+from fake_system import make_fake_system, system_initrd
 from test_kexec_load import FakeRun, FakeSyscall
 
 from kdumpy.cli import main
@@ -86,7 +86,8 @@ def test_load_applies_triggers_after_loading(system, fake_kernel, capsys):
     cfg = system.write("/etc/kdumpy.toml", '[triggers]\npanic_on_warn = true\n'
                                            'panic_on_taint = ["USER", "W"]\n'
                                            'panic_on_taint_nousertaint = 1\nsysrq = 1\n')
-    assert main(["load", "--root", str(system.root), "--arch", "x86_64", "--config", str(cfg),
+    assert main(["load", "--root", str(system.root), "--arch", "x86_64", "--initrd",
+                 system_initrd(system), "--config", str(cfg),
                  "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["loaded"] is True and len(fake_kernel.calls) == 1
@@ -102,11 +103,13 @@ def test_load_applies_triggers_after_loading(system, fake_kernel, capsys):
 
 def test_load_text_output_and_dry_run(system, fake_kernel, capsys):
     cfg = system.write("/etc/kdumpy.toml", '[triggers]\npanic_on_taint = "D"\n')
-    assert main(["load", "--root", str(system.root), "--arch", "x86_64", "--config", str(cfg),
+    assert main(["load", "--root", str(system.root), "--arch", "x86_64", "--initrd",
+                 system_initrd(system), "--config", str(cfg),
                  "--dry-run"]) == 0
     assert "trigger  panic_on_taint = 0x80 (DIE)" in capsys.readouterr().out
     assert system.read("/proc/sys/kernel/panic_on_taint") == "0\n"
-    assert main(["load", "--root", str(system.root), "--arch", "x86_64", "--config",
+    assert main(["load", "--root", str(system.root), "--arch", "x86_64", "--initrd",
+                 system_initrd(system), "--config",
                  str(cfg)]) == 0
     assert "/proc/sys/kernel/panic_on_taint = 0x80 (DIE) (was 0x0)" in capsys.readouterr().out
 
@@ -115,7 +118,8 @@ def test_load_refuses_a_knob_the_kernel_lacks(system, fake_kernel, capsys):
     (system.root / "proc/sys/kernel/hardlockup_panic").unlink()
     cfg = system.write("/etc/kdumpy.toml", '[triggers]\nhardlockup_panic = 1\n'
                                            'panic_on_warn = 1\n')
-    assert main(["load", "--root", str(system.root), "--arch", "x86_64", "--config",
+    assert main(["load", "--root", str(system.root), "--arch", "x86_64", "--initrd",
+                 system_initrd(system), "--config",
                  str(cfg)]) == 1
     err = capsys.readouterr().err
     assert "the running kernel has no /proc/sys/kernel/hardlockup_panic" in err
@@ -191,7 +195,8 @@ def test_panic_on_taint_is_boot_only_when_the_sysctl_is_missing(system, fake_ker
         (system.root / f"proc/sys/kernel/{n}").unlink()
     cfg = system.write("/etc/kdumpy.toml", '[triggers]\npanic_on_taint = "U"\n'
                                            'panic_on_warn = 1\n')
-    assert main(["load", "--root", str(system.root), "--arch", "x86_64", "--config",
+    assert main(["load", "--root", str(system.root), "--arch", "x86_64", "--initrd",
+                 system_initrd(system), "--config",
                  str(cfg)]) == 1
     err = capsys.readouterr().err
     assert ("the running kernel has no /proc/sys/kernel/panic_on_taint: it is set at boot "
@@ -199,7 +204,8 @@ def test_panic_on_taint_is_boot_only_when_the_sysctl_is_missing(system, fake_ker
     assert fake_kernel.calls == []
     system.write("/proc/cmdline", system.read("/proc/cmdline").strip()
                  + " panic_on_taint=40\n")
-    assert main(["load", "--root", str(system.root), "--arch", "x86_64", "--config",
+    assert main(["load", "--root", str(system.root), "--arch", "x86_64", "--initrd",
+                 system_initrd(system), "--config",
                  str(cfg), "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["triggers"] == {"panic_on_warn": {"before": 0, "after": 1}}
@@ -265,7 +271,7 @@ def test_every_hook_file_parses_in_its_shell(tmp_path):
     import subprocess
 
     from kdumpy.setup import early
-    for files in early.HOOK_FILES.values():
+    for files in early.hook_files(["/opt/kdumpy/venv/bin/python", "-m", "kdumpy"]).values():
         for path, text in files:
             shell = "bash" if text.startswith("#!/bin/bash") else "sh"
             script = tmp_path / path.rsplit("/", 1)[1]

@@ -1,4 +1,4 @@
-"""``kdumpy crashkernel``, ``estimate``, ``status``, ``load``, ``unload``, ``install``,
+"""``kdumpy crashkernel``, ``estimate``, ``status``, ``rebuild``, ``load``, ``unload``, ``install``,
 ``test``, ``capture``: setting kdump up, and the capture kernel's save job.
 
 Exit status: 0 success; 1 a reported error; 2 bad usage. ``status``: 3 when kdump is not
@@ -79,27 +79,48 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from kdumpy.setup.config import load_config
     from kdumpy.setup.crashkernel import KernelRules, evaluate
     from kdumpy.setup.sizes import human, parse_size
-    from kdumpy.setup.status import default_images
+    from kdumpy.setup.status import capture_images
     paths = _paths(args)
     cfg = load_config(_config_path(args), must_exist=bool(args.config))
     release = sysfs.kernel_release(paths)
     ram = parse_size(args.ram, "--ram") if args.ram else sysfs.ram_size(paths)[0]
     if not ram:
         raise KdumpyError("cannot tell this machine's RAM size; pass --ram SIZE")
-    kernel, initrd = default_images(paths, cfg, release)
+    kernel, initrd, own = capture_images(paths, cfg, release)
+    image_note = None
+    if own:
+        # measure the image the capture kernel will boot: build it when missing or stale
+        from kdumpy.setup.capture_image import build as image_build
+        try:
+            initrd, man = image_build.ensure(paths, cfg, release, _config_path(args))
+            if man is not None and not args.json:
+                print(f"kdumpy: built the capture image {initrd}")
+        except KdumpyError as exc:
+            image_note = f"estimated without the capture image, which cannot be built: {exc}"
     e = est_mod.estimate(ram, kernel=kernel, initrd=initrd, arch=_arch(args),
-                         threads=cfg.dump.threads or 1)
+                         threads=cfg.dump.threads or 1, own_image=own)
+    if image_note:
+        e.notes.append(image_note)
     cmd = sysfs.cmdline(paths)
     current = sysfs.crash_reservation(paths).size
     now = evaluate(cmd, ram, KernelRules.for_kernel(release, _arch(args))) \
         if sysfs.crashkernel_words(cmd) else None
     applied = None
+    bootloader_kind = None
     if args.apply:
-        if not est_mod.grub_present(paths):
-            raise KdumpyError(f"no GRUB found ({paths.grub_default}); add "
+        from kdumpy.setup import bootloader
+        loader = bootloader.kind(paths)
+        if loader is None:
+            raise KdumpyError(f"no GRUB found ({paths.grub_default}) and no boot loader "
+                              f"entries ({bootloader.BLS_DIR}); add "
                               f"crashkernel={e.recommended} to your boot loader's kernel "
                               "command line yourself")
-        applied = est_mod.apply_grub(paths, e.recommended)
+        bootloader_kind = loader
+        if loader == "bls":
+            changed = bootloader.apply_bls(paths, e.recommended)
+            applied = ", ".join(changed) if changed else "nothing (already set)"
+        else:
+            applied = est_mod.apply_grub(paths, e.recommended)
     if args.json:
         d = e.to_json()
         d["kernel"], d["initrd"] = kernel, initrd
@@ -108,7 +129,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         _dump_json(d)
         return 0
     print(f"The capture boot needs about {human(e.needed)} on this machine ({human(ram)} RAM): "
-          f"kernel + the larger of initramfs and userspace + kdumpy, plus "
+          f"kernel + the larger of (initramfs) and (userspace + kdumpy), plus "
           f"{int(est_mod.MARGIN * 100)}%:")
     for name, size in e.components.items():
         print(f"  {name:10} {human(size):>10}  {e.sources[name]}")
@@ -122,7 +143,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
               + (f"; {human(current)} reserved now" if current else ""))
     else:
         print("current: no crashkernel= on the kernel command line")
-    if applied:
+    if applied and bootloader_kind == "bls":
+        print(f"updated {applied}; reboot to reserve it")
+    elif applied:
         print(f"wrote {applied}; now run update-grub and reboot")
     else:
         print("to apply: add it to the kernel command line; with GRUB, "
@@ -147,8 +170,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 # -- load / unload ----------------------------------------------------------------------------
 
-def build_load_request(args: argparse.Namespace) -> dict[str, Any]:
-    """Kernel, initrd and command line from the flags, the config and /proc/cmdline."""
+def build_load_request(args: argparse.Namespace, *, rebuild: bool = True) -> dict[str, Any]:
+    """Kernel, initrd and command line from the flags, the config and /proc/cmdline.
+
+    Without ``load.initrd``/``--initrd``/``--no-initrd`` the initrd is kdumpy's capture
+    image for the running release, rebuilt first when missing or stale (``rebuild``)."""
     from kdumpy.setup import sysfs
     from kdumpy.setup.cmdline import build_capture_cmdline
     from kdumpy.setup.config import load_config
@@ -156,13 +182,26 @@ def build_load_request(args: argparse.Namespace) -> dict[str, Any]:
     paths = _paths(args)
     cfg = load_config(_config_path(args), must_exist=bool(args.config))
     release = sysfs.kernel_release(paths)
-    kernel, initrd = default_images(paths, cfg, release)
-    if args.kernel:
-        kernel = args.kernel
+    kernel, _system_initrd = default_images(paths, cfg, release)
+    own_image = not (args.initrd or args.no_initrd or cfg.load.initrd)
+    initrd: str | None = None
+    image: dict[str, Any] | None = None
     if args.initrd:
         initrd = args.initrd
-    if args.no_initrd:
-        initrd = None
+    elif cfg.load.initrd and not args.no_initrd:
+        initrd = paths.path(cfg.load.initrd)
+    elif own_image:
+        from kdumpy.setup.capture_image import build as image_build
+        path = _config_path(args)
+        if rebuild:
+            initrd, man = image_build.ensure(paths, cfg, release, path)
+            image = {"path": initrd, "rebuilt": man is not None}
+        else:
+            f = image_build.freshness(paths, cfg, release, path)
+            initrd = f.image
+            image = {"path": f.image, "exists": f.exists, "stale": f.stale, "error": f.error}
+    if args.kernel:
+        kernel = args.kernel
     if not kernel:
         raise KdumpyError(f"no kernel image: none of {', '.join(paths.boot_kernel_candidates(release))} "
                           "exists; set load.kernel in the config or pass --kernel")
@@ -173,10 +212,13 @@ def build_load_request(args: argparse.Namespace) -> dict[str, Any]:
     else:
         base = cfg.load.cmdline if cfg.load.cmdline is not None else sysfs.cmdline(paths)
         cmdline = build_capture_cmdline(base, arch=_arch(args), remove=cfg.load.cmdline_remove,
-                                        append=[*cfg.load.cmdline_append, *(args.append or [])])
+                                        append=[*cfg.load.cmdline_append, *(args.append or [])],
+                                        own_image=own_image)
     method = LOAD_METHOD_NAMES[args.method] if args.method else cfg.load.method
     req: dict[str, Any] = {"kernel": kernel, "initrd": initrd, "cmdline": cmdline,
                            "method": method}
+    if image is not None:
+        req["image"] = image
     if cfg.triggers:
         req["triggers"] = dict(cfg.triggers)
     return req
@@ -187,24 +229,32 @@ def cmd_load(args: argparse.Namespace) -> int:
     from kdumpy.setup.kexec import Kexec
     paths = _paths(args)
     from kdumpy.setup import triggers as trig
-    req = build_load_request(args)
+    if not args.dry_run:
+        # nothing is built or loaded without a reservation to load into
+        size = sysfs.crash_reservation(paths).size
+        if size == 0:
+            raise KdumpyError("no memory is reserved for the capture kernel "
+                              "(/sys/kernel/kexec_crash_size is 0): add crashkernel= to the "
+                              "kernel command line (`kdumpy estimate --apply`) and reboot")
+    req = build_load_request(args, rebuild=not args.dry_run)
     wanted: dict[str, int] = req.get("triggers", {})
+    if req.get("image", {}).get("rebuilt") and not args.json:
+        print(f"kdumpy: rebuilt the capture image {req['image']['path']}")
     if args.dry_run:
         if args.json:
             _dump_json(req)
         else:
             for k in ("kernel", "initrd", "cmdline", "method"):
                 print(f"{k:8} {req[k]}")
+            img = req.get("image")
+            if img and (not img.get("exists") or img.get("stale") or img.get("error")):
+                why = img.get("error") or ", ".join(img.get("stale") or []) or "missing"
+                print(f"image    stale ({why}): `kdumpy load` rebuilds it first")
             for name, value in wanted.items():
                 print(f"trigger  {name} = {trig.describe(name, value)}")
         return 0
     # a knob this kernel lacks is an error before anything is loaded
     trig.check_available(paths, wanted)
-    size = sysfs.crash_reservation(paths).size
-    if size == 0:
-        raise KdumpyError("no memory is reserved for the capture kernel "
-                          "(/sys/kernel/kexec_crash_size is 0): add crashkernel= to the kernel "
-                          "command line (`kdumpy estimate --apply`) and reboot")
     kx = Kexec(paths, arch=_arch(args))
     res = kx.load(req["kernel"], req["initrd"], req["cmdline"], method=req["method"],
                   lockdown=sysfs.lockdown(paths))
@@ -240,6 +290,45 @@ def cmd_unload(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- rebuild -----------------------------------------------------------------------------------
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from kdumpy.setup import sysfs
+    from kdumpy.setup.capture_image import build as image_build
+    from kdumpy.setup.config import load_config
+    from kdumpy.setup.sizes import human
+    paths = _paths(args)
+    path = _config_path(args)
+    cfg = load_config(path, must_exist=bool(args.config))
+    release = args.kernel or sysfs.kernel_release(paths)
+    if not args.force:
+        f = image_build.freshness(paths, cfg, release, path)
+        if f.error:
+            raise KdumpyError(f.error)
+        if f.current:
+            if args.json:
+                _dump_json({"image": f.image, "rebuilt": False})
+            else:
+                print(f"kdumpy: {f.image} is current")
+            return 0
+        why = ", ".join(f.stale)
+    else:
+        why = "--force"
+    man = image_build.build(paths, cfg, release, path)
+    if args.json:
+        _dump_json(dict(man, rebuilt=True))
+        return 0
+    print(f"kdumpy: built {man['image']} ({why}): {human(man['compressed_size'])} "
+          f"{man['compression']}, {human(man['unpacked_size'])} unpacked")
+    print(f"  modules: {' '.join(m.rsplit('/', 1)[-1] for m in man['modules']) or 'none'}")
+    if man["target"]:
+        t = man["target"]
+        print(f"  target: {t['fstype']} UUID={t['uuid']} ({' > '.join(t['devices'])})")
+    for n in man["notes"]:
+        print(f"  note: {n}")
+    return 0
+
+
 # -- install / test / capture -----------------------------------------------------------------
 
 def cmd_install(args: argparse.Namespace) -> int:
@@ -261,7 +350,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         capture = build_capture_cmdline(base, arch=_arch(args), remove=[
             *cfg.load.cmdline_remove, early.SWITCH], append=cfg.load.cmdline_append)
         gens = early.detect_generators(paths)
-        for item in install_early(paths, capture):
+        for item in install_early(paths, capture, cmd):
             print(f"wrote {item.path}")
         for g in gens or ["initramfs-tools"]:
             print(f"early kdump ({g}): {early.REBUILD[g]}, then add {early.SWITCH} to the "
@@ -273,7 +362,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from kdumpy.setup.test_trigger import run_test
+    from kdumpy.setup.crash_test import run_test
 
     def confirm(warning: str) -> bool:
         if args.yes:
@@ -377,6 +466,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", help=argparse.SUPPRESS)
     _common(p)
     p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("rebuild", help="build the capture image when it is missing or stale",
+                       description="Build kdumpy's capture image (the initramfs the capture "
+                                   "kernel boots) for a kernel release into /var/lib/kdumpy: "
+                                   "the dump target's drivers and filesystem, busybox, fsck, "
+                                   "this Python and kdumpy. Skipped when the image is current "
+                                   "(same kernel, config, target devices and kdumpy).")
+    p.add_argument("--force", action="store_true", help="build even when current")
+    p.add_argument("--kernel", metavar="RELEASE",
+                   help="kernel release (default: the running one), e.g. from a postinst hook")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _common(p)
+    p.set_defaults(func=cmd_rebuild)
 
     p = sub.add_parser("unload", help="unload the capture kernel (the way it was loaded)")
     p.add_argument("--method", choices=sorted(LOAD_METHOD_NAMES),

@@ -12,7 +12,8 @@
 - :mod:`.state`: the load record, the test id, the last capture's outcome.
 - :mod:`.hooks`, :mod:`.actions`: pre/post hooks and failure/final actions.
 - :mod:`.units`: systemd units, the udev rule, ``kdumpy install``.
-- :mod:`.test_trigger`: ``kdumpy test``.
+- :mod:`.crash_test`: ``kdumpy test``.
+- :mod:`.capture_image`: ``kdumpy rebuild``, the capture kernel's own initramfs.
 
 The capture kernel's save job itself is :mod:`kdumpy.service`.
 """

@@ -6,31 +6,43 @@ Facts relied on:
   spaces (``lib/cmdline.c`` ``next_arg``). Parameter names treat ``-`` and ``_`` alike
   (``kernel/params.c`` ``parameq``). Everything after a lone ``--`` goes to init, not to the
   kernel (``init/main.c``), so kernel parameters must be added before it.
-* Per-arch additions: for x86_64 the set kdump-utils ships (``gen-kdump-sysconfig.sh``)
-  minus its udev/dracut-only items; for the others the lines of
-  ``Documentation/admin-guide/kdump/kdump.rst`` ("arch specific command line options",
-  without the runlevel ``1``, which systemd ignores), plus ``panic=10`` so a capture kernel
-  that panics reboots instead of hanging.
-* Removed from the running kernel's line (union of kdump-utils, Debian kdump-tools, SUSE and
-  kdumpst): the reservation itself, memory-hungry or capture-hostile settings
-  (``hugepages``, ``hugepagesz``, ``default_hugepagesz``, ``hugetlb_cma``, ``cma``,
-  ``slub_debug``, ``log_buf_len``, ``kmemleak``), ``panic_on_warn`` and ``quiet``/``splash``
-  (the save must be visible on the console), hibernation ``resume`` (the initramfs would
-  try to resume), ``BOOT_IMAGE``, any ``systemd.unit``; and every parameter that is
+* Per-arch additions and removals are kdump-utils' (``gen-kdump-sysconfig.sh``): for
+  x86_64 ``irqpoll nr_cpus=1 reset_devices cgroup_disable=memory mce=off numa=off
+  udev.children-max=2 panic=10 acpi_no_memhotplug transparent_hugepage=never nokaslr
+  hest_disable cma=0 pcie_ports=compat``, for aarch64 ``irqpoll nr_cpus=1 reset_devices
+  cgroup_disable=memory udev.children-max=2 panic=10 swiotlb=noforce cma=0``; for the
+  others the lines of ``Documentation/admin-guide/kdump/kdump.rst`` ("arch specific command
+  line options", without the runlevel ``1``), plus ``panic=10`` so a capture kernel that
+  panics reboots instead of hanging.
+* Removed from the running kernel's line: kdump-utils' common list (``hugepages hugepagesz
+  slub_debug quiet log_buf_len swiotlb hugetlb_cma ignition.firstboot``; ``cma``, which it
+  keeps on ppc64le only, is dropped everywhere here), the reservation itself,
+  ``panic_on_warn`` and ``panic_on_taint`` (kdumpy's ``[triggers]`` put the latter there; a
+  WARN or a taint in the capture boot must not cost the dump), ``default_hugepagesz``, ``kmemleak``, ``splash``, hibernation ``resume`` (the initramfs
+  would try to resume), ``BOOT_IMAGE``, any ``systemd.unit``; and every parameter that is
   appended, so ours are the only ones.
+* kdumpy's own capture image (:mod:`kdumpy.setup.capture_image`) mounts only the dump
+  target, so the root filesystem's parameters (``root``, ``rootflags``, ``rootfstype``,
+  ``rd.lvm.lv``, ``rd.luks.uuid``, ...) and ``init``/``rdinit`` are dropped, as kdump-utils
+  drops them for its dedicated initramfs. With the system's own initramfs instead
+  (``load.initrd`` set), the root stays and ``systemd.unit=kdumpy-save.service`` makes the
+  capture kernel's systemd run only the save job.
 * The loader adds ``elfcorehdr=`` itself (``kexec_file_load`` at the front).
 """
 
 from __future__ import annotations
 
-#: Appended per ``uname -m``; the issue's x86_64 list, kernel-doc lines for the others.
+#: Appended per ``uname -m``: kdump-utils' lists for x86_64 and aarch64, kernel-doc lines
+#: for the others.
 ARCH_APPEND: dict[str, tuple[str, ...]] = {
     "x86_64": ("irqpoll", "nr_cpus=1", "reset_devices", "cgroup_disable=memory", "mce=off",
-               "numa=off", "acpi_no_memhotplug", "transparent_hugepage=never", "nokaslr",
-               "panic=10"),
+               "numa=off", "udev.children-max=2", "panic=10", "acpi_no_memhotplug",
+               "transparent_hugepage=never", "nokaslr", "hest_disable", "cma=0",
+               "pcie_ports=compat"),
     "i386": ("irqpoll", "maxcpus=1", "reset_devices", "panic=10"),
     "i686": ("irqpoll", "maxcpus=1", "reset_devices", "panic=10"),
-    "aarch64": ("maxcpus=1", "reset_devices", "panic=10"),
+    "aarch64": ("irqpoll", "nr_cpus=1", "reset_devices", "cgroup_disable=memory",
+                "udev.children-max=2", "panic=10", "swiotlb=noforce", "cma=0"),
     "armv7l": ("maxcpus=1", "reset_devices", "panic=10"),
     "ppc64le": ("maxcpus=1", "noirqdistrib", "reset_devices", "panic=10"),
     "ppc64": ("maxcpus=1", "noirqdistrib", "reset_devices", "panic=10"),
@@ -39,15 +51,19 @@ ARCH_APPEND: dict[str, tuple[str, ...]] = {
 #: For an architecture the kernel documentation does not list.
 DEFAULT_APPEND = ("maxcpus=1", "reset_devices", "panic=10")
 
-#: What makes the capture kernel's systemd run the save job (the normal root filesystem
-#: boots, as Debian's kdump-tools does, and starts only this unit and its dependencies).
+#: With the system's own initramfs: what makes the capture kernel's systemd run the save
+#: job (the normal root filesystem boots, as Debian's kdump-tools does).
 SAVE_UNIT = "kdumpy-save.service"
 CAPTURE_TRIGGER = (f"systemd.unit={SAVE_UNIT}",)
 
 ALWAYS_REMOVE = ("crashkernel", "hugepages", "hugepagesz", "default_hugepagesz",
-                 "hugetlb_cma", "cma", "panic_on_warn", "quiet", "splash", "slub_debug",
-                 "log_buf_len", "kmemleak", "resume", "resume_offset", "BOOT_IMAGE",
-                 "systemd.unit", "rd.systemd.unit")
+                 "hugetlb_cma", "cma", "panic_on_warn", "panic_on_taint", "quiet", "splash", "slub_debug",
+                 "log_buf_len", "swiotlb", "ignition.firstboot", "kmemleak", "resume",
+                 "resume_offset", "BOOT_IMAGE", "systemd.unit", "rd.systemd.unit")
+#: Dropped when the capture kernel boots kdumpy's image: it never mounts the root.
+IMAGE_REMOVE = ("root", "rootflags", "rootfstype", "rootwait", "rootdelay", "init",
+                "rdinit", "rd.lvm.lv", "rd.luks.uuid", "rd.dm.uuid", "rd.md.uuid",
+                "netroot", "fcoe", "rd.iscsi.initiator", "iscsi_initiator")
 
 
 def split_cmdline(text: str) -> list[str]:
@@ -81,8 +97,9 @@ def arch_append(arch: str) -> tuple[str, ...]:
 
 def build_capture_cmdline(current: str, *, arch: str, remove: tuple[str, ...] | list[str] = (),
                           append: tuple[str, ...] | list[str] = (),
-                          trigger: tuple[str, ...] = CAPTURE_TRIGGER) -> str:
-    """The capture kernel's command line from the running kernel's ``current`` one.
+                          own_image: bool = True) -> str:
+    """The capture kernel's command line from the running kernel's ``current`` one, for
+    kdumpy's capture image (``own_image``) or the system's initramfs and root.
 
     ``remove`` names more parameters to drop; ``append`` adds words after the per-arch set
     and the trigger (a config's or the user's extra parameters, which win over ours: a
@@ -94,10 +111,12 @@ def build_capture_cmdline(current: str, *, arch: str, remove: tuple[str, ...] | 
         at = words.index("--")
         words, init_args = words[:at], words[at:]
     extra = [w for a in append for w in split_cmdline(a)]
+    trigger = () if own_image else CAPTURE_TRIGGER
     ours = [w for w in (*arch_append(arch), *trigger)
             if param_name(w) not in {param_name(e) for e in extra}]
     added = ours + extra
-    drop = {n.replace("-", "_") for n in (*ALWAYS_REMOVE, *remove)}
+    drop = {n.replace("-", "_") for n in
+            (*ALWAYS_REMOVE, *(IMAGE_REMOVE if own_image else ()), *remove)}
     drop |= {param_name(w) for w in added}
     kept = [w for w in words if param_name(w) not in drop]
     return " ".join(kept + added + init_args)

@@ -17,6 +17,7 @@ with one line naming the file and the key. Example::
     format = "kdump"          # kdump | elf
     keep = 3                  # keep the 3 newest dumps in a local/NFS target (0: all)
     min_free = "1G"           # refuse to start with less free space than this
+    deadline = 3600           # seconds the whole capture may take, then the failure action
 
     [target]                  # exactly one of path, ssh, nfs, s3
     path = "/var/crash"
@@ -98,6 +99,7 @@ class DumpConfig:
     keep: int = 0                     # 0: keep every dump
     min_free: int = 0
     allow_partial_filter: bool = True
+    deadline: int = 3600              # seconds for the whole capture in the capture image
 
 
 @dataclass
@@ -269,7 +271,8 @@ SCHEMA: dict[str, dict[str, Callable[[Any], Any]]] = {
              "method": _choice(LOAD_METHODS)},
     "dump": {"level": _levels, "compression": _choice(COMPRESSIONS),
              "format": _choice(FORMATS), "threads": _int_range(0, 1024),
-             "keep": _int_range(0), "min_free": _size, "allow_partial_filter": _bool},
+             "keep": _int_range(0), "min_free": _size, "allow_partial_filter": _bool,
+             "deadline": _int_range(60, 7 * 86400)},
     "target": {"path": _abs_path, "ssh": _str, "ssh_key": _abs_path,
                "ssh_options": _ssh_options, "ssh_known_hosts": _abs_path,
                "nfs": _str, "nfs_options": _str,
@@ -401,7 +404,8 @@ def parse_config(raw: bytes | str, source: str = "<config>") -> Config:
                           compression=dump.get("compression", "lzo"),
                           format=dump.get("format", "kdump"), threads=dump.get("threads", 0),
                           keep=dump.get("keep", 0), min_free=dump.get("min_free", 0),
-                          allow_partial_filter=dump.get("allow_partial_filter", True))
+                          allow_partial_filter=dump.get("allow_partial_filter", True),
+                          deadline=dump.get("deadline", 3600))
     if cfg.dump.format == "elf" and "compression" in dump and cfg.dump.compression != "none":
         raise ConfigError(f"{source}: dump.compression: ELF dumps are not compressed; use "
                           "format = \"kdump\" or compression = \"none\"")

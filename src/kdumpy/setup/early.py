@@ -3,10 +3,12 @@
 A kernel that dies during boot, before ``kdumpy.service`` runs, is only dumped if the capture
 kernel was loaded from the initramfs. ``kdumpy install --initramfs`` writes a hook for each
 initramfs generator (initramfs-tools on Debian/Ubuntu, dracut on Fedora/RHEL/SUSE,
-mkinitcpio on Arch); the hook copies ``kexec`` (kexec-tools), the kernel image, the capture
-initrd (when one exists) and the capture command line into the initramfs, and its boot
-script runs ``kexec -s -p`` (``-s``: kexec_file_load(2), which Secure Boot allows) when
-``rd.earlykdump`` is on the kernel command line. Later, ``kdumpy load`` from kdumpy.service
+mkinitcpio on Arch); the hook copies ``kexec`` (kexec-tools), the kernel image, kdumpy's
+capture image for that kernel (:mod:`kdumpy.setup.capture_image`, built by the hook when
+missing) and the capture command line into the initramfs, and its boot script runs
+``kexec -s -p`` (``-s``: kexec_file_load(2), which Secure Boot allows) when
+``rd.earlykdump`` is on the kernel command line. Without a capture image it loads nothing:
+a capture kernel without one could not mount the dump target. Later, ``kdumpy load`` from kdumpy.service
 replaces the early image with the configured one.
 
 Facts relied on:
@@ -39,8 +41,11 @@ from kdumpy.setup.paths import SystemPaths
 SWITCH = "rd.earlykdump"
 #: Written by ``kdumpy install --initramfs``; every hook copies it into the initramfs.
 EARLY_CONF = "/etc/kdumpy/early.conf"
-#: Optional capture initrd for early kdump; without it the capture kernel boots with none.
+#: An admin's own capture initrd for early kdump; when absent the hooks copy kdumpy's
+#: capture image of the kernel being packed (``/var/lib/kdumpy/capture-VERSION.img``),
+#: building it first if needed.
 EARLY_INITRD = "/var/lib/kdumpy/early-initrd.img"
+IMAGE_PATTERN = "/var/lib/kdumpy/capture-%s.img"
 
 # The boot-time script, shared by all generators (POSIX sh, busybox or klibc).
 LOAD_SCRIPT = f"""# kdumpy early kdump: load the capture kernel before the root is mounted.
@@ -52,12 +57,14 @@ kdumpy_early() {{
         echo "kdumpy: {SWITCH}: no crashkernel= reservation, early kdump off" > /dev/kmsg
         return 0
     fi
-    . /etc/kdumpy/early.conf
-    if [ -f /kdumpy/initrd.img ]; then
-        kexec -s -p /kdumpy/vmlinuz --initrd=/kdumpy/initrd.img --append="$KDUMPY_CMDLINE"
-    else
-        kexec -s -p /kdumpy/vmlinuz --append="$KDUMPY_CMDLINE"
+    if [ ! -f /kdumpy/initrd.img ]; then
+        # a capture kernel without its image could not mount the dump target
+        echo "kdumpy: {SWITCH}: no capture image in the initramfs, early kdump off" \\
+            > /dev/kmsg
+        return 0
     fi
+    . /etc/kdumpy/early.conf
+    kexec -s -p /kdumpy/vmlinuz --initrd=/kdumpy/initrd.img --append="$KDUMPY_CMDLINE"
     rc=$?
     echo "kdumpy: early kdump: kexec_file_load exit $rc, loaded=$(cat \\
 /sys/kernel/kexec_crash_loaded)" > /dev/kmsg
@@ -65,7 +72,26 @@ kdumpy_early() {{
 }}
 """
 
-INITRAMFS_TOOLS_HOOK = """#!/bin/sh
+
+def _pick_image(version: str, rebuild: str) -> str:
+    """sh that sets $img to the capture initrd for kernel ``version`` (an sh word):
+    the admin's early-initrd.img, else kdumpy's capture image, built when missing."""
+    return (f'img={EARLY_INITRD}\n'
+            f'if [ ! -f "$img" ]; then\n'
+            f'    img={IMAGE_PATTERN % ("${v}")}\n'.replace("${v}", version) +
+            f'    [ -f "$img" ] || {rebuild} rebuild --kernel {version} >&2 || true\n'
+            f'fi\n'
+            f'[ -f "$img" ] || echo "kdumpy: no capture image for {version}: early kdump '
+            f'stays off (kdumpy rebuild --kernel {version})" >&2\n')
+
+
+def _sh_words(cmd: list[str]) -> str:
+    import shlex
+    return " ".join(shlex.quote(w) for w in cmd)
+
+
+def initramfs_tools_hook(cmd: list[str]) -> str:
+    return ("""#!/bin/sh
 # Installed by `kdumpy install --initramfs`: early kdump (see kdumpy.setup.early).
 PREREQ=""
 prereqs() { echo "$PREREQ"; }
@@ -74,10 +100,11 @@ case "$1" in prereqs) prereqs; exit 0 ;; esac
 copy_exec "$(command -v kexec || echo /sbin/kexec)" /sbin
 mkdir -p "$DESTDIR/kdumpy" "$DESTDIR/etc/kdumpy"
 cp "/boot/vmlinuz-$version" "$DESTDIR/kdumpy/vmlinuz"
-[ -f %(initrd)s ] && cp %(initrd)s "$DESTDIR/kdumpy/initrd.img"
-cp %(conf)s "$DESTDIR/etc/kdumpy/early.conf"
+""" + _pick_image('"$version"', _sh_words(cmd)) + f"""[ -f "$img" ] && cp "$img" "$DESTDIR/kdumpy/initrd.img"
+cp {EARLY_CONF} "$DESTDIR/etc/kdumpy/early.conf"
 exit 0
-""".replace("%(initrd)s", EARLY_INITRD).replace("%(conf)s", EARLY_CONF)
+""")
+
 
 INITRAMFS_TOOLS_INIT_TOP = """#!/bin/sh
 # Installed by `kdumpy install --initramfs`: runs before modules load and the root is mounted.
@@ -86,46 +113,75 @@ prereqs() { echo "$PREREQ"; }
 case "$1" in prereqs) prereqs; exit 0 ;; esac
 """ + LOAD_SCRIPT + "kdumpy_early\nexit 0\n"
 
-DRACUT_MODULE_SETUP = """#!/bin/bash
+
+def dracut_module_setup(cmd: list[str]) -> str:
+    # dracut: $kernel is the version being packed (dracut.modules(7))
+    pick = "".join("    " + ln + "\n" for ln in _pick_image('"$kernel"', _sh_words(cmd))
+                   .splitlines())
+    return f"""#!/bin/bash
 # Installed by `kdumpy install --initramfs`: early kdump (see kdumpy.setup.early).
-check() { return 255; }
-depends() { return 0; }
-install() {
+check() {{ return 255; }}
+depends() {{ return 0; }}
+install() {{
     inst_binary kexec
-    inst_simple "/boot/vmlinuz-$kernel" /kdumpy/vmlinuz
-    [ -f %(initrd)s ] && inst_simple %(initrd)s /kdumpy/initrd.img
-    inst_simple %(conf)s /etc/kdumpy/early.conf
+    local k
+    for k in "/boot/vmlinuz-$kernel" "/lib/modules/$kernel/vmlinuz"; do
+        [ -f "$k" ] && {{ inst_simple "$k" /kdumpy/vmlinuz; break; }}
+    done
+{pick}    [ -f "$img" ] && inst_simple "$img" /kdumpy/initrd.img
+    inst_simple {EARLY_CONF} /etc/kdumpy/early.conf
     inst_hook cmdline 00 "$moddir/kdumpy-early.sh"
-}
-""".replace("%(initrd)s", EARLY_INITRD).replace("%(conf)s", EARLY_CONF)
+}}
+"""
+
 
 DRACUT_HOOK = "#!/bin/sh\n" + LOAD_SCRIPT + "kdumpy_early\n"
 
-MKINITCPIO_INSTALL = """#!/bin/bash
+
+def mkinitcpio_install(cmd: list[str]) -> str:
+    # mkinitcpio: $KERNELVERSION is the version being packed; Arch keeps the image as
+    # /usr/lib/modules/VERSION/vmlinuz and installs it as /boot/vmlinuz-PKGBASE (the name
+    # in /usr/lib/modules/VERSION/pkgbase: vmlinuz-linux, vmlinuz-linux-lts, ...)
+    pick = "".join("    " + ln + "\n" for ln in _pick_image('"$KERNELVERSION"',
+                                                          _sh_words(cmd)).splitlines())
+    return f"""#!/bin/bash
 # Installed by `kdumpy install --initramfs`: add kdumpy-early to HOOKS in mkinitcpio.conf.
-build() {
+build() {{
+    local k img base
     add_binary kexec
-    add_file "/boot/vmlinuz-linux" /kdumpy/vmlinuz
-    [[ -f %(initrd)s ]] && add_file %(initrd)s /kdumpy/initrd.img
-    add_file %(conf)s /etc/kdumpy/early.conf
+    base=$(cat "/usr/lib/modules/$KERNELVERSION/pkgbase" 2>/dev/null)
+    for k in "/usr/lib/modules/$KERNELVERSION/vmlinuz" "/boot/vmlinuz-$KERNELVERSION" \\
+             ${{base:+"/boot/vmlinuz-$base"}}; do
+        [[ -f "$k" ]] && {{ add_file "$k" /kdumpy/vmlinuz; break; }}
+    done
+{pick}    [[ -f "$img" ]] && add_file "$img" /kdumpy/initrd.img
+    add_file {EARLY_CONF} /etc/kdumpy/early.conf
     add_runscript
-}
-help() { echo "Load the kdump capture kernel early (rd.earlykdump on the command line)."; }
-""".replace("%(initrd)s", EARLY_INITRD).replace("%(conf)s", EARLY_CONF)
+}}
+help() {{ echo "Load the kdump capture kernel early (rd.earlykdump on the command line)."; }}
+"""
+
 
 MKINITCPIO_HOOK = "#!/usr/bin/ash\n" + LOAD_SCRIPT + "run_earlyhook() {\n    kdumpy_early\n}\n"
 
-#: generator -> [(path, text)]; the first path marks the generator as installed.
-HOOK_FILES: dict[str, list[tuple[str, str]]] = {
-    "initramfs-tools": [("/etc/initramfs-tools/hooks/kdumpy", INITRAMFS_TOOLS_HOOK),
-                        ("/etc/initramfs-tools/scripts/init-top/kdumpy",
-                         INITRAMFS_TOOLS_INIT_TOP)],
-    "dracut": [("/usr/lib/dracut/modules.d/99kdumpy-early/module-setup.sh",
-                DRACUT_MODULE_SETUP),
-               ("/usr/lib/dracut/modules.d/99kdumpy-early/kdumpy-early.sh", DRACUT_HOOK)],
-    "mkinitcpio": [("/etc/initcpio/install/kdumpy-early", MKINITCPIO_INSTALL),
-                   ("/etc/initcpio/hooks/kdumpy-early", MKINITCPIO_HOOK)],
-}
+
+def hook_files(cmd: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """generator -> [(path, text)]; the first path marks the generator as installed.
+    ``cmd`` runs kdumpy (absolute interpreter) when a hook must build the image."""
+    return {
+        "initramfs-tools": [("/etc/initramfs-tools/hooks/kdumpy", initramfs_tools_hook(cmd)),
+                            ("/etc/initramfs-tools/scripts/init-top/kdumpy",
+                             INITRAMFS_TOOLS_INIT_TOP)],
+        "dracut": [("/usr/lib/dracut/modules.d/99kdumpy-early/module-setup.sh",
+                    dracut_module_setup(cmd)),
+                   ("/usr/lib/dracut/modules.d/99kdumpy-early/kdumpy-early.sh", DRACUT_HOOK)],
+        "mkinitcpio": [("/etc/initcpio/install/kdumpy-early", mkinitcpio_install(cmd)),
+                       ("/etc/initcpio/hooks/kdumpy-early", MKINITCPIO_HOOK)],
+    }
+
+
+#: Where each generator's hook lives (the first file of :func:`hook_files`).
+HOOK_MARKERS = {g: files[0][0] for g, files in hook_files(["kdumpy"]).items()}
 #: How to tell which generator the system uses, and how to rebuild with it.
 GENERATOR_MARKERS = {"initramfs-tools": "/usr/sbin/update-initramfs",
                      "dracut": "/usr/bin/dracut", "mkinitcpio": "/usr/bin/mkinitcpio"}
@@ -158,6 +214,22 @@ class EarlyState:
 
 
 def state(paths: SystemPaths, cmdline: str, loaded: bool | None) -> EarlyState:
-    installed = [g for g, files in HOOK_FILES.items()
-                 if os.path.exists(paths.path(files[0][0]))]
+    installed = [g for g, path in HOOK_MARKERS.items() if os.path.exists(paths.path(path))]
     return EarlyState(SWITCH in cmdline.split(), installed, loaded)
+
+
+def initramfs_older_than_image(paths: SystemPaths, release: str) -> str | None:
+    """Why early kdump's copy of the capture image is out of date, or None: the hooks copy
+    ``capture-RELEASE.img`` when the initramfs is built, so an image rebuilt later is not
+    in it."""
+    from kdumpy.setup.capture_image.build import image_path
+    img = image_path(paths, release)
+    initrd = next((p for p in paths.boot_initrd_candidates(release) if os.path.isfile(p)), None)
+    if initrd is None:
+        return None
+    if not os.path.isfile(img):
+        return (f"{img} is missing: the initramfs holds no capture image, so early kdump "
+                "does not load")
+    if os.path.getmtime(img) > os.path.getmtime(initrd):
+        return f"{initrd} is older than {img}: early kdump would boot the old image"
+    return None

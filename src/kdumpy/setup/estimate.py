@@ -54,6 +54,7 @@ FALLBACK_TABLE = "2G-64G:256M,64G-:512M"
 
 USERSPACE_BYTES = 64 * MiB
 KDUMPY_BASE_BYTES = 40 * MiB
+IMAGE_KDUMPY_BASE_BYTES = 128 * MiB
 MARGIN = 0.20
 ROUND = 32 * MiB
 
@@ -175,7 +176,11 @@ def default_table(arch: str) -> str:
 
 
 def estimate(ram: int, *, kernel: str | None, initrd: str | None, arch: str,
-             threads: int = 1, quick: bool = False) -> Estimate:
+             threads: int = 1, quick: bool = False, own_image: bool = False) -> Estimate:
+    """``own_image``: ``initrd`` is kdumpy's capture image, which stays the root for the
+    whole capture (no switch_root, no systemd): the need is kernel + the larger of
+    (compressed + unpacked image, while the kernel unpacks it) and (unpacked image + kdumpy
+    at work); the compressed copy is freed once unpacked (``free_initrd_mem``)."""
     comps: dict[str, int] = {}
     srcs: dict[str, str] = {}
     notes: list[str] = []
@@ -183,22 +188,34 @@ def estimate(ram: int, *, kernel: str | None, initrd: str | None, arch: str,
         comps["kernel"], srcs["kernel"] = kernel_runtime_size(kernel)
     else:
         comps["kernel"], srcs["kernel"] = 64 * MiB, "no kernel image found; assumed"
+    packed = unpacked = 0
     if initrd:
         try:
             packed = os.path.getsize(initrd)
         except OSError as exc:
             packed = 0
             notes.append(f"{initrd}: {exc.strerror}")
-        if quick:
+        if own_image:
+            unpacked, how = initramfs_unpacked_size(initrd)
+            comps["initramfs"], srcs["initramfs"] = packed + unpacked, f"file + {how}"
+        elif quick:
             comps["initramfs"], srcs["initramfs"] = packed * 3, "3 x file size (quick)"
         else:
             unpacked, how = initramfs_unpacked_size(initrd)
             comps["initramfs"], srcs["initramfs"] = packed + unpacked, f"file + {how}"
     else:
         comps["initramfs"], srcs["initramfs"] = 0, "no initramfs"
-    comps["userspace"], srcs["userspace"] = USERSPACE_BYTES, "systemd + udev in the capture boot"
+    if own_image:
+        comps["userspace"], srcs["userspace"] = unpacked, "the capture image, unpacked"
+    else:
+        comps["userspace"], srcs["userspace"] = (USERSPACE_BYTES,
+                                                 "systemd + udev in the capture boot")
     pipeline = (threads + 2) * 512 * 4096 * 2
-    comps["kdumpy"] = KDUMPY_BASE_BYTES + pipeline + ram // 8192
+    # in the capture image the interpreter, numpy and OpenBLAS run as anonymous memory next
+    # to the unpacked image: the systemd lab saw python killed at ~85 MiB anon-rss with
+    # 224M reserved on a 1 GiB guest (6.1 and 6.12)
+    base = IMAGE_KDUMPY_BASE_BYTES if own_image else KDUMPY_BASE_BYTES
+    comps["kdumpy"] = base + pipeline + ram // 8192
     srcs["kdumpy"] = "interpreter + numpy + pipeline + bitmaps (RAM/8192)"
     raw = comps["kernel"] + max(comps["initramfs"], comps["userspace"] + comps["kdumpy"])
     needed = int(raw * (1 + MARGIN))

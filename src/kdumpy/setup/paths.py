@@ -99,13 +99,31 @@ class SystemPaths:
     def boot_config(self, release: str) -> str:
         return self.path(f"/boot/config-{release}")
 
+    def pkgbase(self, release: str) -> str | None:
+        """Arch's package base of a kernel release (``/usr/lib/modules/R/pkgbase``:
+        ``linux``, ``linux-lts``), which names its files in /boot."""
+        try:
+            with open(self.path(f"/usr/lib/modules/{release}/pkgbase"), encoding="utf-8") as f:
+                return f.read().strip() or None
+        except OSError:
+            return None
+
     def boot_kernel_candidates(self, release: str) -> list[str]:
-        return [self.path(f"/boot/vmlinuz-{release}"), self.path("/boot/vmlinuz")]
+        """Debian/Fedora/SUSE ``vmlinuz-RELEASE``, Arch's ``vmlinuz-PKGBASE``, the image
+        Arch and Fedora keep beside the modules, Debian's ``/boot/vmlinuz`` link."""
+        base = self.pkgbase(release)
+        return [self.path(f"/boot/vmlinuz-{release}"),
+                *([self.path(f"/boot/vmlinuz-{base}")] if base else []),
+                self.path(f"/usr/lib/modules/{release}/vmlinuz"),
+                self.path("/boot/vmlinuz")]
 
     def boot_initrd_candidates(self, release: str) -> list[str]:
-        """Debian/Ubuntu (initramfs-tools), then Fedora/SUSE/Arch (dracut, mkinitcpio) names."""
+        """Debian/Ubuntu (initramfs-tools), then Fedora/SUSE (dracut) and Arch
+        (mkinitcpio's ``initramfs-PKGBASE.img``) names."""
+        base = self.pkgbase(release)
         return [self.path(f"/boot/initrd.img-{release}"),
                 self.path(f"/boot/initramfs-{release}.img"),
+                *([self.path(f"/boot/initramfs-{base}.img")] if base else []),
                 self.path(f"/boot/initrd-{release}")]
 
     @property

@@ -6,10 +6,13 @@ Both run kdumpy without ``--config``, so ``/etc/kdumpy.toml`` is optional (defau
   filesystems are up, unloads on stop. ``ConditionKernelCommandLine=crashkernel`` matches
   the word as a parameter name (``crashkernel=...``, also ``,high``), systemd.unit(5);
   ``ConditionPathExists=!/proc/vmcore`` keeps it from running in the capture kernel.
-* ``kdumpy-save.service`` (capture kernel): the capture command line carries
-  ``systemd.unit=kdumpy-save.service`` (:mod:`kdumpy.setup.cmdline`), so systemd boots
-  the normal root filesystem and starts only this unit and its dependencies, as Debian's
-  kdump-tools does. It runs ``kdumpy capture``, which performs the final or failure action
+* ``kdumpy.service`` runs ``kdumpy load``, which first rebuilds kdumpy's capture image
+  (:mod:`kdumpy.setup.capture_image`) when it is missing or stale; the capture kernel boots
+  that image, which saves the dump without systemd.
+* ``kdumpy-save.service`` (capture kernel, only with ``[load] initrd`` set to the system's
+  initramfs): the capture command line carries ``systemd.unit=kdumpy-save.service``
+  (:mod:`kdumpy.setup.cmdline`), so systemd boots the normal root filesystem and starts
+  only this unit and its dependencies, as Debian's kdump-tools does. It runs ``kdumpy capture``, which performs the final or failure action
   itself and exits 0 (complete) or 4 (failed, action done); anything else (a crash, an
   unreadable config, an OOM kill) fails the unit, and ``FailureAction=reboot-force``
   reboots the machine rather than leaving it in the capture kernel.
@@ -30,7 +33,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -58,9 +60,62 @@ def exec_line(argv: Sequence[str]) -> str:
 
 
 def kdumpy_command() -> list[str]:
-    """How units run kdumpy: the installed ``kdumpy`` script, else this interpreter."""
-    exe = shutil.which("kdumpy")
-    return [exe] if exe else [sys.executable, "-m", "kdumpy"]
+    """How units and hooks run kdumpy: this interpreter by absolute path (a venv's
+    ``bin/python`` keeps its ``site-packages``), never whatever ``kdumpy`` is first on
+    PATH at boot."""
+    return [os.path.abspath(sys.executable), "-m", "kdumpy"]
+
+
+#: Debian's kernel packages run ``run-parts /etc/kernel/postinst.d`` (and postrm.d) with the
+#: version as $1 after depmod, in name order: before ``initramfs-tools``, so an early-kdump
+#: initramfs built there finds the new kernel's capture image.
+POSTINST_HOOK = "/etc/kernel/postinst.d/50-kdumpy"
+POSTRM_HOOK = "/etc/kernel/postrm.d/50-kdumpy"
+#: systemd's kernel-install(8) runs ``/etc/kernel/install.d/*.install COMMAND VERSION ...``
+#: (Fedora, Arch with kernel-install): ``add`` after installing, ``remove`` before removing.
+KERNEL_INSTALL_PLUGIN = "/etc/kernel/install.d/50-kdumpy.install"
+
+
+def postinst_hook(cmd: Sequence[str]) -> str:
+    # a failed build must not fail the kernel package: it is reported, and status says so
+    return f"""#!/bin/sh
+# Installed by `kdumpy install`: build kdumpy's capture image for a new kernel ($1).
+[ -n "$1" ] || exit 0
+{' '.join(_sh(a) for a in cmd)} rebuild --kernel "$1" || \\
+    echo "kdumpy: capture image for $1 not built; see kdumpy status" >&2
+exit 0
+"""
+
+
+def postrm_hook() -> str:
+    return """#!/bin/sh
+# Installed by `kdumpy install`: drop a removed kernel's capture image ($1).
+[ -n "$1" ] || exit 0
+rm -f "/var/lib/kdumpy/capture-$1.img" "/var/lib/kdumpy/capture-$1.json"
+exit 0
+"""
+
+
+def kernel_install_plugin(cmd: Sequence[str]) -> str:
+    return f"""#!/bin/sh
+# Installed by `kdumpy install`: kdumpy's capture image for kernel-install(8).
+COMMAND="$1"
+KERNEL_VERSION="$2"
+case "$COMMAND" in
+    add)
+        {' '.join(_sh(a) for a in cmd)} rebuild --kernel "$KERNEL_VERSION" || \\
+            echo "kdumpy: capture image for $KERNEL_VERSION not built" >&2 ;;
+    remove)
+        rm -f "/var/lib/kdumpy/capture-$KERNEL_VERSION.img" \
+              "/var/lib/kdumpy/capture-$KERNEL_VERSION.json" ;;
+esac
+exit 0
+"""
+
+
+def _sh(word: str) -> str:
+    import shlex
+    return shlex.quote(word)
 
 
 def load_unit(cmd: Sequence[str]) -> str:
@@ -75,6 +130,8 @@ ConditionPathExists=!/proc/vmcore
 [Service]
 Type=oneshot
 RemainAfterExit=yes
+# load rebuilds the capture image first when it is stale (a new kdumpy, config or disk)
+TimeoutStartSec=600
 ExecStart={exec_line([*cmd, "load"])}
 ExecReload={exec_line([*cmd, "load"])}
 ExecStop={exec_line([*cmd, "unload"])}
@@ -96,6 +153,7 @@ FailureAction=reboot-force
 
 [Service]
 Type=oneshot
+TimeoutStartSec=3600
 ExecStart={exec_line([*cmd, "capture"])}
 SuccessExitStatus={CAPTURE_FAILED_HANDLED}
 StandardOutput=journal+console
@@ -163,8 +221,9 @@ def _write(path: str, text: str, mode: int, *, keep_existing: bool = False) -> I
 
 def install(paths: SystemPaths, cmd: Sequence[str] | None = None,
             triggers: Mapping[str, int] | None = None) -> list[Installed]:
-    """Write the units, the udev rule, an example config (kept if present) and the hook
-    directories under ``paths.root``. Nothing is enabled or reloaded here.
+    """Write the units, the udev rule, an example config (kept if present), the kernel
+    postinst/postrm hooks and kernel-install plugin (the capture image of a new kernel),
+    and the hook directories under ``paths.root``. Nothing is enabled or reloaded here.
 
     With ``triggers`` (the config's ``[triggers]``), also the sysctl.d drop-in
     (:data:`kdumpy.setup.triggers.SYSCTL_DROPIN`) that systemd-sysctl applies at boot;
@@ -175,6 +234,9 @@ def install(paths: SystemPaths, cmd: Sequence[str] | None = None,
         _write(os.path.join(paths.systemd_unit_dir, SAVE_UNIT), save_unit(cmd), 0o644),
         _write(os.path.join(paths.udev_rules_dir, UDEV_RULE), udev_rule(), 0o644),
         _write(paths.config, example_config(), 0o600, keep_existing=True),
+        _write(paths.path(POSTINST_HOOK), postinst_hook(cmd), 0o755),
+        _write(paths.path(POSTRM_HOOK), postrm_hook(), 0o755),
+        _write(paths.path(KERNEL_INSTALL_PLUGIN), kernel_install_plugin(cmd), 0o755),
     ]
     for d in ("/etc/kdumpy/pre.d", "/etc/kdumpy/post.d"):
         p = paths.path(d)
@@ -190,12 +252,33 @@ def install(paths: SystemPaths, cmd: Sequence[str] | None = None,
     return out
 
 
-def install_early(paths: SystemPaths, capture_cmdline: str) -> list[Installed]:
+def install_early(paths: SystemPaths, capture_cmdline: str,
+                  cmd: Sequence[str] | None = None) -> list[Installed]:
     """Early-kdump hooks for every initramfs generator (:mod:`kdumpy.setup.early`) and the
     capture command line they copy into the initramfs. Nothing is rebuilt here."""
     from kdumpy.setup import early
     out = [_write(paths.path(early.EARLY_CONF), early.early_conf(capture_cmdline), 0o644)]
-    for files in early.HOOK_FILES.values():
+    for files in early.hook_files(list(cmd) if cmd else kdumpy_command()).values():
         for path, text in files:
             out.append(_write(paths.path(path), text, 0o755))
     return out
+
+
+#: Where systemd looks for unit files, the admin's first (systemd.unit(5), "Unit File Load
+#: Path"); ``systemctl enable`` links a unit into ``/etc/systemd/system/<target>.wants/``.
+UNIT_DIRS = ("/etc/systemd/system", "/usr/local/lib/systemd/system", "/usr/lib/systemd/system",
+             "/lib/systemd/system")
+
+
+def unit_state(paths: SystemPaths, unit: str) -> str:
+    """``missing``, ``disabled`` or ``enabled`` (a ``*.wants/`` link in /etc)."""
+    if not any(os.path.exists(paths.path(f"{d}/{unit}")) for d in UNIT_DIRS):
+        return "missing"
+    etc = paths.path("/etc/systemd/system")
+    try:
+        wants = [d for d in os.listdir(etc) if d.endswith(".wants")]
+    except OSError:
+        wants = []
+    if any(os.path.lexists(os.path.join(etc, w, unit)) for w in wants):
+        return "enabled"
+    return "disabled"

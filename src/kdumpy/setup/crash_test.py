@@ -2,8 +2,9 @@
 arrived (as ``kdumpctl test``).
 
 The test id is written to ``/var/lib/kdumpy/test-id`` and synced before the crash; the
-capture kernel boots the same root filesystem, so the capture session reads it and records
-it in ``last-capture.json`` and the dump's ``report.json``; ``kdumpy status`` after the
+capture image binds ``/var/lib/kdumpy`` at its own path when it lives on the target's
+filesystem (:mod:`kdumpy.setup.capture_image.plan`), so the capture session reads it and
+records it in ``last-capture.json`` and the dump's ``report.json``; ``kdumpy status`` after the
 reboot compares the two. The crash is ``echo c > /proc/sysrq-trigger``
 (Documentation/admin-guide/sysrq.rst: ``c`` "will perform a system crash and a crashdump
 will be taken if configured"; the trigger file works whatever ``kernel.sysrq`` says).
