@@ -25,7 +25,7 @@ import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 NEWC_MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
@@ -152,7 +152,7 @@ class ImageTree:
     def total_size(self) -> int:
         return sum(e.size() for e in self.entries.values())
 
-    def write_cpio(self, out: BinaryIO, mtime: int = 0) -> None:
+    def write_cpio(self, out: Any, mtime: int = 0) -> None:
         ino = 1
         for path, e in _parents_first(self.entries):
             kind = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK,
@@ -197,7 +197,7 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-def _header(out: BinaryIO, name: str, mode: int, size: int, ino: int, mtime: int, *,
+def _header(out: Any, name: str, mode: int, size: int, ino: int, mtime: int, *,
             nlink: int, rdev: tuple[int, int] = (0, 0)) -> None:
     raw = name.encode() + b"\0"
     fields = (ino, mode, 0, 0, nlink, mtime, size, 0, 0, rdev[0], rdev[1], len(raw), 0)
