@@ -23,14 +23,10 @@ record's info), so the serial console still shows the panic. Built like
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
-from .cache import locked, release_dir
 from .kernels import Kernel
-from .warn_module import header_packages
+from .warn_module import build_module
 
 MODULE_NAME = "kdumpy_corrupt"
 PANIC_TEXT = "KDUMPY-LAB-CORRUPT"
@@ -77,38 +73,5 @@ MODULE_DESCRIPTION("kdumpy lab: corrupt the kernel, then panic");
 
 def ensure_corrupt_module(kernel: Kernel) -> Path:
     """The built ``kdumpy_corrupt.ko`` for ``kernel`` (cached in the lab cache)."""
-    out_dir = release_dir(kernel.release) / "corrupt-module"
-    ko = out_dir / f"{MODULE_NAME}.ko"
-    with locked(out_dir.with_name(out_dir.name + ".lock")):
-        if ko.is_file():
-            return ko
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".corrupt-") as tmp:
-            t = Path(tmp)
-            (t / "debs").mkdir()
-            pkgs = header_packages(kernel.release)
-            r = subprocess.run(["apt-get", "download", *pkgs], cwd=t / "debs",
-                               capture_output=True, text=True)
-            if r.returncode != 0:
-                raise RuntimeError(f"apt-get download {' '.join(pkgs)} failed: {r.stderr.strip()}")
-            root = t / "root"
-            for deb in sorted((t / "debs").glob("*.deb")):
-                subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
-            tree = root / "usr/src" / f"linux-headers-{kernel.release}"
-            top = tree / "Makefile"
-            top.write_text(top.read_text().replace("/usr/src/", f"{root}/usr/src/"))
-            src = t / "mod"
-            src.mkdir()
-            (src / f"{MODULE_NAME}.c").write_text(
-                SOURCE.replace("@BAD@", f"{BAD_SECTION_MEM_MAP:#x}")
-                .replace("@PANIC@", PANIC_TEXT))
-            (src / "Kbuild").write_text(f"obj-m := {MODULE_NAME}.o\n")
-            r = subprocess.run(["make", "-C", str(tree), f"M={src}",
-                                "CONFIG_DEBUG_INFO_BTF_MODULES=", "modules"],
-                               capture_output=True, text=True)
-            built = src / f"{MODULE_NAME}.ko"
-            if r.returncode != 0 or not built.is_file():
-                raise RuntimeError(f"building {MODULE_NAME}.ko for {kernel.release} failed:\n"
-                                   + (r.stdout + r.stderr)[-2000:])
-            shutil.copy2(built, ko)
-    return ko
+    source = SOURCE.replace("@BAD@", f"{BAD_SECTION_MEM_MAP:#x}").replace("@PANIC@", PANIC_TEXT)
+    return build_module(kernel, MODULE_NAME, source, "corrupt-module")

@@ -63,13 +63,20 @@ def header_packages(release: str) -> list[str]:
 
 def ensure_warn_module(kernel: Kernel) -> Path:
     """The built ``kdumpy_warn.ko`` for ``kernel`` (cached in the lab cache)."""
-    out_dir = release_dir(kernel.release) / "warn-module"
-    ko = out_dir / f"{MODULE_NAME}.ko"
+    return build_module(kernel, MODULE_NAME, SOURCE.replace("@WARN_TEXT@", WARN_TEXT),
+                        "warn-module")
+
+
+def build_module(kernel: Kernel, name: str, source: str, cache_name: str) -> Path:
+    """``name.ko`` built from the C ``source`` against ``kernel``'s Debian headers (downloaded
+    and unpacked, never installed), cached as ``<release>/<cache_name>/<name>.ko``."""
+    out_dir = release_dir(kernel.release) / cache_name
+    ko = out_dir / f"{name}.ko"
     with locked(out_dir.with_name(out_dir.name + ".lock")):
         if ko.is_file():
             return ko
         out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".warn-") as tmp:
+        with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{cache_name}-") as tmp:
             t = Path(tmp)
             (t / "debs").mkdir()
             pkgs = header_packages(kernel.release)
@@ -85,14 +92,14 @@ def ensure_warn_module(kernel: Kernel) -> Path:
             top.write_text(top.read_text().replace("/usr/src/", f"{root}/usr/src/"))
             src = t / "mod"
             src.mkdir()
-            (src / f"{MODULE_NAME}.c").write_text(SOURCE.replace("@WARN_TEXT@", WARN_TEXT))
-            (src / "Kbuild").write_text(f"obj-m := {MODULE_NAME}.o\n")
+            (src / f"{name}.c").write_text(source)
+            (src / "Kbuild").write_text(f"obj-m := {name}.o\n")
             r = subprocess.run(["make", "-C", str(tree), f"M={src}",
                                 "CONFIG_DEBUG_INFO_BTF_MODULES=", "modules"],
                                capture_output=True, text=True)
-            built = src / f"{MODULE_NAME}.ko"
+            built = src / f"{name}.ko"
             if r.returncode != 0 or not built.is_file():
-                raise RuntimeError(f"building {MODULE_NAME}.ko for {kernel.release} failed:\n"
+                raise RuntimeError(f"building {name}.ko for {kernel.release} failed:\n"
                                    + (r.stdout + r.stderr)[-2000:])
             shutil.copy2(built, ko)
     return ko
