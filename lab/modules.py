@@ -24,19 +24,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-COMPRESSION_SUFFIXES = (".xz", ".zst", ".gz")
+from kdumpy.setup.capture_image.modules import COMPRESSION_SUFFIXES, module_name
 
-
-def module_name(path: str) -> str:
-    """``kernel/net/9p/9pnet_virtio.ko.xz`` -> ``9pnet_virtio``."""
-    base = path.rsplit("/", 1)[-1]
-    for suffix in COMPRESSION_SUFFIXES:
-        if base.endswith(suffix):
-            base = base[: -len(suffix)]
-            break
-    if base.endswith(".ko"):
-        base = base[:-3]
-    return base.replace("-", "_")
 
 
 def parse_modules_dep(text: str) -> dict[str, tuple[str, list[str]]]:
