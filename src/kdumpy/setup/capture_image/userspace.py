@@ -43,13 +43,13 @@ BUSYBOX = "/bin/busybox"
 DIST_IMPORTS = {"numpy": ["numpy"], "zstandard": ["zstandard"], "cramjam": ["cramjam"],
                 "python-lzo": ["lzo"], "tqdm": ["tqdm"]}
 #: The codec library each ``[dump] compression`` needs (kdumpy.formats.codecs imports them
-#: only when used); numpy always, tqdm for progress.
+#: only when used); numpy always. tqdm (optional) stays out: on the capture kernel's console
+#: kdumpy logs plain progress lines.
 CODEC_DISTS = {"lzo": "python-lzo", "snappy": "cramjam", "zstd": "zstandard"}
 
 
 def dists_for(compression: str) -> list[str]:
-    return ["numpy", "tqdm", *([CODEC_DISTS[compression]] if compression in CODEC_DISTS
-                               else [])]
+    return ["numpy", *([CODEC_DISTS[compression]] if compression in CODEC_DISTS else [])]
 
 
 #: Never needed by a capture: tests, type stubs, build helpers, alternative backends.
@@ -233,7 +233,10 @@ def _find_stdlib_modules(py: PythonLayout, kdumpy_dir: str) -> list[str]:
         "    except ImportError:\n"
         "        pass\n"
         "for dist in sys.argv[2:]:\n"
-        "    __import__(dist)\n"
+        "    try:\n"
+        "        __import__(dist)\n"
+        "    except ImportError:\n"
+        "        pass\n"
         "files = {m.__file__ for m in mf.modules.values() if m.__file__}\n"
         "files |= {getattr(m, '__file__', None) for m in list(sys.modules.values())}\n"
         "print('\\n'.join(sorted(f for f in files if f)))\n")
