@@ -8,7 +8,7 @@ or a ``save``, each in a forked child under RLIMIT_AS, RLIMIT_FSIZE and a timeou
 and every exit 0 checked: JSON that parses, a non-empty log, a copy whose pages are those of
 the unmutated dump unless the mutation explains them (:mod:`checks`).
 
-Seeds are fixed (``KDUMPY_FUZZ_SEEDS`` seeds per class, default 48); ``bench/fuzz_long.py``
+Seeds are fixed (``KDUMPY_FUZZ_SEEDS`` seeds per class, default 100); ``bench/fuzz_long.py``
 runs many more.
 """
 
@@ -28,7 +28,7 @@ from mutations import mutate  # noqa: E402
 #: real lab dumps (cached under ~/.cache/kdumpy/lab)
 pytestmark = pytest.mark.lab
 
-SEEDS = int(os.environ.get("KDUMPY_FUZZ_SEEDS", "48"))
+SEEDS = int(os.environ.get("KDUMPY_FUZZ_SEEDS", "100"))
 
 #: cases left out of the CI selection, each rule naming the reader bug it waits for (none
 #: now: every mutation must pass). bench/fuzz_long.py runs them all.
