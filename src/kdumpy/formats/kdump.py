@@ -379,9 +379,18 @@ class KdumpFile:
         if pread_into is None:
             return np.frombuffer(read_exact(self.src, offset, count, what), dtype=np.uint8)
         # A flattened image fills in only the records present. Anonymous memory that is
-        # never written costs nothing (numpy's own large arrays are advised to use huge
-        # pages, so each record written would cost 2 MiB).
+        # never written costs nothing, as long as it is not backed by transparent huge
+        # pages: numpy advises its own large arrays to use them, and a machine with
+        # /sys/kernel/mm/transparent_hugepage/enabled = always gives them to any mapping,
+        # so each record written (or, without the huge zero page, each 2 MiB read) would
+        # cost 2 MiB. MADV_NOHUGEPAGE keeps holes on the shared 4 KiB zero page.
         anon = mmap.mmap(-1, max(count, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        nohuge = getattr(mmap, "MADV_NOHUGEPAGE", None)
+        if nohuge is not None:
+            try:
+                anon.madvise(nohuge)
+            except OSError:                   # a kernel without THP: nothing to turn off
+                pass
         out = np.frombuffer(anon, dtype=np.uint8, count=count)
         pread_into(offset, out)
         return out
