@@ -19,7 +19,7 @@ import numpy as np
 from kdumpy.capture import filter as kfilter
 from kdumpy.formats import bitmap as bm
 from kdumpy.kernel import KernelView
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 
 
 def main() -> int:

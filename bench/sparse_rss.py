@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 
 HIGH_BYTES = 64 << 20
 

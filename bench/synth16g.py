@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from kdumpy.capture.filter import MemSections
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 
 
 def main() -> int:

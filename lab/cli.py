@@ -83,7 +83,7 @@ def _crash_report(dump: str | None) -> list[str]:
         return []
     from kdumpy.analysis import build_report, format_report
     from kdumpy.errors import KdumpyError
-    from kdumpy.memory import open_dump
+    from kdumpy.dump import open_dump
     try:
         with open_dump(dump) as mem:
             text = format_report(build_report(mem, log_lines=0, backtrace=False))

@@ -1,7 +1,7 @@
 """Check a dump against the raw /proc/vmcore copy of the same crash, page for page.
 
 The raw copy is read by the lab's own ELF reader (:mod:`lab.vmcore`), the dump under
-test through kdumpy's :func:`kdumpy.memory.open_dump`, so the comparison does not trust the
+test through kdumpy's :func:`kdumpy.dump.open_dump`, so the comparison does not trust the
 reader it checks against itself.
 
 Facts relied on:
@@ -97,7 +97,7 @@ def compare_dump(dump_path: Path | str, raw: RawVmcore, *, level1: bool,
     non-zero one dumpable. ``needles`` are searched in the dump's dumpable bytes (as read
     through kdumpy), their physical addresses reported in ``found``.
     """
-    from kdumpy.memory import open_dump  # the reader under test
+    from kdumpy.dump import open_dump  # the reader under test
 
     result = Comparison(found={n: [] for n in needles})
     ps = raw.page_size

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdumpy.memory import DumpMemory
+from kdumpy.dump import Dump
 
 BATCH = 1024
 
 
-def assert_pages_equal(a: DumpMemory, b: DumpMemory, *, only_dumpable_in: DumpMemory) -> int:
+def assert_pages_equal(a: Dump, b: Dump, *, only_dumpable_in: Dump) -> int:
     """Every page dumpable in ``only_dumpable_in`` reads the same from ``a`` and ``b``;
     returns how many pages were compared."""
     n = 0

@@ -97,3 +97,36 @@ def test_struct_pages_of_the_kernel_image_are_reserved(lab_crash):
         for i in range(4):
             flags = int.from_bytes(raw[i * size + rules.off_flags:][:8], "little")
             assert flags & rules.pg_reserved
+
+
+def test_zero_pages_are_told_apart_when_asked(tmp_path):
+    """page_runs(zero=True) splits dumpable runs into DUMPABLE and ZERO by content."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from synth import make_vmcore
+    core = make_vmcore(str(tmp_path / "vmcore"))
+    want = {p for p, data in core.pages.items() if not any(data)}
+    assert want and want != set(core.pages)
+    with kdumpy.open_dump(core.path) as dump:
+        runs = list(dump.page_runs(zero=True))
+        assert runs[0][0] == 0 and runs[-1][1] == dump.max_pfn
+        assert all(a[1] == b[0] for a, b in zip(runs, runs[1:]))        # contiguous cover
+        zero = {p for s, e, st in runs if st == kdumpy.PageState.ZERO for p in range(s, e)}
+        kept = {p for s, e, st in runs if st == kdumpy.PageState.DUMPABLE for p in range(s, e)}
+        assert zero == want and kept == set(core.pages) - want
+        p = min(want)
+        assert dump.page_state(p, zero=True) == kdumpy.PageState.ZERO
+        assert dump.page_state(p) == kdumpy.PageState.DUMPABLE           # not read unless asked
+
+
+def test_zero_state_matches_what_level_1_drops(lab_crash, tmp_path):
+    """On a real vmcore the ZERO pages are exactly those a ``-d 1`` save finds with its own
+    code (in kdump-compressed output they keep their bitmap bit and share one zero page, as
+    makedumpfile writes them), and the copy reports the same pages as ZERO."""
+    with kdumpy.open_dump(lab_crash.raw_vmcore) as dump:
+        runs = [(s, e) for s, e, st in dump.page_runs(zero=True) if st == kdumpy.PageState.ZERO]
+        res = kdumpy.save(dump, tmp_path / "d1", level=1, compress="zlib")
+    zero = sum(e - s for s, e in runs)
+    assert zero > 0 and res.zero_pages == zero
+    with kdumpy.open_dump(tmp_path / "d1") as copy:
+        assert [(s, e) for s, e, st in copy.page_runs(zero=True)
+                if st == kdumpy.PageState.ZERO] == runs

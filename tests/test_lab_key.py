@@ -36,7 +36,7 @@ def test_every_module_save_imports_is_in_the_key(tmp_path):
             "kdumpy.capture.pipeline", "kdumpy.dump"} <= static
     # ... the setup side, the service and the library's entry points are not
     assert not {m for m in static if m.startswith("kdumpy.setup")}
-    assert not {"kdumpy.service", "kdumpy.capture.save", "kdumpy.memory"} & static
+    assert not {"kdumpy.service", "kdumpy.capture.save"} & static
 
 
 def test_digest_moves_only_with_modules_save_imports(tmp_path):

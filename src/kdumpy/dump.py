@@ -56,6 +56,9 @@ class PageState(enum.IntEnum):
     LOST = 2
     #: its contents are in the dump
     DUMPABLE = 3
+    #: its contents are in the dump and every byte is zero (a DUMPABLE page, told apart
+    #: only when asked: ``page_state(pfn, zero=True)``, ``page_runs(zero=True)``)
+    ZERO = 4
 
 
 class FaultError(KdumpyError):
@@ -229,13 +232,27 @@ class Dump(ABC):
     def is_dumpable(self, pfn: int) -> bool:
         return bm.test_bit(self.dumpable_bitmap(), pfn)
 
-    def page_state(self, pfn: int) -> PageState:
-        """:class:`PageState` of one page frame."""
+    def page_state(self, pfn: int, *, zero: bool = False) -> PageState:
+        """:class:`PageState` of one page frame; with ``zero``, a dumpable page whose
+        bytes are all zero is :attr:`PageState.ZERO` (this reads the page)."""
         if not 0 <= pfn < self.max_pfn or not self.is_present(pfn):
             return PageState.ABSENT
         if not self.is_dumpable(pfn):
             return PageState.EXCLUDED
-        return PageState.DUMPABLE if self._stored(pfn, 1).all() else PageState.LOST
+        if not self._stored(pfn, 1).all():
+            return PageState.LOST
+        if zero and not self.read_pfns(pfn, 1).any():
+            return PageState.ZERO
+        return PageState.DUMPABLE
+
+    def zero_bits(self, start: int, count: int) -> np.ndarray:
+        """Bool per PFN of ``[start, start+count)``: dumpable, its data in the dump, and
+        all zero (makedumpfile's zero-page class, ``-d 1``). Reads the pages, so callers
+        walk a large range in pieces."""
+        pages, have = self._read_pages(start, count)
+        lo = start & ~7
+        dumpable = bm.bits_range(self.dumpable_bits(lo, start - lo + count), start - lo, count)
+        return dumpable & have & ~pages.any(axis=1)
 
     def _stored(self, start: int, count: int) -> np.ndarray:
         """Bool per dumpable PFN of ``[start, start+count)``: its data is in the file."""
@@ -263,10 +280,24 @@ class Dump(ABC):
     def dumpable_ranges(self) -> Iterator[tuple[int, int]]:
         return bm.runs(self.dumpable_bitmap(), self.max_pfn)
 
-    def page_runs(self) -> Iterator[tuple[int, int, PageState]]:
+    def page_runs(self, *, zero: bool = False) -> Iterator[tuple[int, int, PageState]]:
         """``(start, end, state)`` runs of PFNs covering ``[0, max_pfn)`` in order, with
         ABSENT, EXCLUDED and DUMPABLE states (lost pages count as DUMPABLE here; see
-        :meth:`page_state`)."""
+        :meth:`page_state`). With ``zero``, DUMPABLE runs are split into DUMPABLE and ZERO
+        by reading their pages (:meth:`zero_bits`, a few MiB at a time)."""
+        for start, end, state in self._state_runs():
+            if not zero or state != PageState.DUMPABLE:
+                yield start, end, state
+                continue
+            step = max(1, (4 << 20) // self.page_size)
+            for s in range(start, end, step):
+                z = self.zero_bits(s, min(step, end - s)).astype(np.int8)
+                edges = np.flatnonzero(np.diff(z)) + 1
+                bounds = [0, *edges.tolist(), len(z)]
+                for a, b in zip(bounds, bounds[1:]):
+                    yield s + a, s + b, PageState.ZERO if z[a] else PageState.DUMPABLE
+
+    def _state_runs(self) -> Iterator[tuple[int, int, PageState]]:
         pos = 0
         dumpable = iter(self.dumpable_ranges())
         nxt = next(dumpable, None)

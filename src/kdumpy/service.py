@@ -46,7 +46,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +54,7 @@ from kdumpy.capture.pipeline import DumpIncomplete, SaveOptions, usable_cpus
 from kdumpy.capture.policy import SavePolicy, Terminated, end_on_signals
 from kdumpy.capture.targets import (
     INCOMPLETE_SUFFIX,
+    DumpDirectory,
     LocalDirectory,
     NfsMount,
     RunFn,
@@ -68,11 +69,6 @@ from kdumpy.setup.hooks import run_hooks
 from kdumpy.setup.paths import SystemPaths
 from kdumpy.setup.sizes import human
 
-if TYPE_CHECKING:
-    from kdumpy.capture.s3 import S3Directory
-
-#: where a capture writes: a local (or NFS-mounted) directory, an SSH directory, an S3 prefix
-DumpTarget = Union[LocalDirectory, SshDirectory, "S3Directory"]
 
 DUMP_DIR_RE = re.compile(r"^(?P<host>.+)-(?P<stamp>\d{4}-\d\d-\d\d-\d\d:\d\d:\d\d)(?:-\d+)?$")
 STAMP_FORMAT = "%Y-%m-%d-%H:%M:%S"
@@ -242,9 +238,9 @@ class CaptureSession:
             self._retention(directory)
 
     # -- steps ----------------------------------------------------------------------------
-    def _open_target(self) -> DumpTarget:
+    def _open_target(self) -> DumpDirectory:
         t = self.cfg.target
-        directory: DumpTarget
+        directory: DumpDirectory
         if t.kind == "ssh":
             assert t.host is not None
             from kdumpy.setup.propagate import DEFAULT_KEY, DEFAULT_KNOWN_HOSTS
@@ -274,7 +270,7 @@ class CaptureSession:
         self.log(f"target {directory.describe()}")
         return directory
 
-    def _check_space(self, directory: DumpTarget, mem: Any) -> None:
+    def _check_space(self, directory: DumpDirectory, mem: Any) -> None:
         free = directory.free_bytes()
         need = estimate_dump_bytes(mem, self.cfg.dump.compression)
         min_free = self.cfg.dump.min_free
@@ -294,7 +290,7 @@ class CaptureSession:
             self.result.notes.append(note)
             self.log(note)
 
-    def _make_dump_dir(self, directory: DumpTarget) -> str:
+    def _make_dump_dir(self, directory: DumpDirectory) -> str:
         base = f"{self.host}-{time.strftime(STAMP_FORMAT, self.now)}"
         rel = base
         for n in range(2, 100):
@@ -304,7 +300,7 @@ class CaptureSession:
         directory.make_dir(rel)
         return rel
 
-    def _put(self, directory: DumpTarget, rel: str, name: str,
+    def _put(self, directory: DumpDirectory, rel: str, name: str,
              data: bytes) -> None:
         try:
             directory.put(f"{rel}/{name}", data)
@@ -316,14 +312,14 @@ class CaptureSession:
             self.result.notes.append(note)
             self.log(note)
 
-    def _save_dmesg(self, directory: DumpTarget, rel: str, mem: Any) -> None:
+    def _save_dmesg(self, directory: DumpDirectory, rel: str, mem: Any) -> None:
         data, _records = self.policy.kernel_log(mem)
         if data is None:
             data = f"kdumpy: kernel log not available: {self.result.failures['kernel log']}\n" \
                 .encode()
         self._put(directory, rel, "dmesg.txt", data)
 
-    def _save_vmcore(self, directory: DumpTarget, rel: str, mem: Any) -> None:
+    def _save_vmcore(self, directory: DumpDirectory, rel: str, mem: Any) -> None:
         res = self.result
         d = self.cfg.dump
         name = "vmcore.flat" if directory.remote else "vmcore"
@@ -368,7 +364,7 @@ class CaptureSession:
                  f"{human(out.bytes_written)}")
 
     @staticmethod
-    def _partial(directory: DumpTarget, rel: str, name: str) -> str | None:
+    def _partial(directory: DumpDirectory, rel: str, name: str) -> str | None:
         """The partial vmcore a stopped save left, if any (local targets)."""
         if directory.remote:
             return None
@@ -380,7 +376,7 @@ class CaptureSession:
         from kdumpy.capture.progress import Progress
         return Progress(mem.count_dumpable(), mem.page_size, quiet=self.quiet, label="saving")
 
-    def _save_report(self, directory: DumpTarget, rel: str, mem: Any) -> None:
+    def _save_report(self, directory: DumpDirectory, rel: str, mem: Any) -> None:
         report = self.policy.report(mem)
         report["kdumpy_capture"] = {
             "status": self.result.status, "dump_level": self.result.dump_level,
@@ -400,7 +396,7 @@ class CaptureSession:
             if not h.ok:
                 res.notes.append(f"post hook {h.path} failed: {h.error}")
 
-    def _retention(self, directory: DumpTarget) -> None:
+    def _retention(self, directory: DumpDirectory) -> None:
         mine = []
         for name in directory.list_dirs():
             m = DUMP_DIR_RE.match(name)

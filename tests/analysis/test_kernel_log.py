@@ -387,7 +387,7 @@ def makedumpfile_dmesg(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["raw_vmcore", "kdumpy_dump", "makedumpfile_flat"])
 def test_lab_dmesg_matches_makedumpfile(lab_crash, kind, makedumpfile_dmesg):
-    from kdumpy.memory import open_dump
+    from kdumpy.dump import open_dump
 
     expected = makedumpfile_dmesg(lab_crash.raw_vmcore)
     with open_dump(getattr(lab_crash, kind)) as mem:
@@ -408,7 +408,7 @@ def test_lab_kdumpy_dump_through_makedumpfile(lab_crash, makedumpfile_dmesg):
 
 
 def test_lab_caller_field(lab_crash):
-    from kdumpy.memory import open_dump
+    from kdumpy.dump import open_dump
 
     with open_dump(lab_crash.raw_vmcore) as mem:
         log = read_kernel_log(mem)
@@ -436,7 +436,7 @@ def test_lab_doctored_ring_matches_makedumpfile(lab_crash, tmp_path, makedumpfil
     """Rewrite parts of a real ring (escapes and continuation lines in the marker record,
     an empty-line record, a lost record, an unfinished one, and a block moved to wrap
     around the ring's end) and check the result against makedumpfile itself."""
-    from kdumpy.memory import open_dump
+    from kdumpy.dump import open_dump
 
     copy = tmp_path / "vmcore"
     subprocess.run(["makedumpfile", "-E", "-d", "31", str(lab_crash.raw_vmcore), str(copy)],

@@ -346,7 +346,7 @@ def test_backtrace_frames_through_drgn(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("kind", ["raw_vmcore", "kdumpy_dump", "makedumpfile_flat"])
 def test_lab_report(lab_crash, kind):
-    from kdumpy.memory import open_dump
+    from kdumpy.dump import open_dump
 
     with open_dump(getattr(lab_crash, kind)) as mem:
         r = build_report(mem, log_lines=20, backtrace=False)
@@ -374,7 +374,7 @@ def test_lab_report(lab_crash, kind):
 
 def test_lab_backtrace_with_the_wrong_vmlinux(lab_crash):
     pytest.importorskip("drgn")
-    from kdumpy.memory import open_dump
+    from kdumpy.dump import open_dump
 
     with open_dump(lab_crash.kdumpy_dump) as mem:
         bt = build_report(mem, vmlinux="/bin/ls")["backtrace"]

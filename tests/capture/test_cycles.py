@@ -19,7 +19,7 @@ from kdumpy.capture.page_classes import PageRules
 from kdumpy.capture.targets import LocalTarget
 from kdumpy.cli import main
 from kdumpy.formats import bitmap as bm
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 
 
 def _save(src, dest, flat: bool = False, **kw) -> bytes:

@@ -23,7 +23,7 @@ import pytest
 from kdumpy.capture.elf_gdb import gdb_thread_for_note
 from kdumpy.cli import main
 from kdumpy.formats.elf import PT_LOAD
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from synth import make_vmcore, note, prstatus  # noqa: E402

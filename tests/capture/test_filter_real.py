@@ -14,7 +14,7 @@ from kdumpy.capture.filter import MemSections, filter_pages
 from kdumpy.capture.page_classes import PageRules
 from kdumpy.cli import main
 from kdumpy.formats import bitmap as bm
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 
 LEVELS = (31, 2, 4, 8, 16)
 

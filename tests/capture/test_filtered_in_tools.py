@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from kdumpy.cli import main
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,7 @@ def test_retry_at_the_next_level(tmp_path, small_target):
     d = Path(res.dump_dir)
     assert sorted(os.listdir(d)) == ["dmesg.txt", "report.json", "vmcore"]
     assert actions.performed == ["poweroff"]
-    from kdumpy.memory import open_dump
+    from kdumpy.dump import open_dump
     with open_dump(str(d / "vmcore")) as mem:
         assert not mem.incomplete
         for pfn, data in core.pages.items():
@@ -122,7 +122,7 @@ def test_incomplete_real_dump_opens_in_libkdumpfile(tmp_path, small_target, lab_
     libkdumpfile (drgn) opens it and reads the pages that landed."""
     import drgn
 
-    from kdumpy.memory import open_dump
+    from kdumpy.dump import open_dump
 
     small_target("40M", "ext2")
     res, actions, log = capture(tmp_path / "root",

@@ -19,7 +19,7 @@ from synth import make_vmcore
 
 from kdumpy.service import CaptureSession, run_capture
 from kdumpy.cli import main
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 from kdumpy.setup.actions import RecordedActions, action_argv
 from kdumpy.setup.config import parse_config
 from kdumpy.setup.paths import SystemPaths

@@ -34,7 +34,7 @@ from kdumpy.service import run_capture
 from kdumpy.capture.targets import SshDirectory
 from kdumpy.errors import DumpFormatError
 from kdumpy.formats.flattened import reassemble
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 from kdumpy.setup.actions import RecordedActions
 from kdumpy.setup.config import parse_config
 from kdumpy.setup.paths import SystemPaths

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 
 
 #: real lab dumps (cached under ~/.cache/kdumpy/lab)

@@ -93,7 +93,7 @@ def test_kdumpy_info_reads_dump(lab_crash, lab_release):
 
 
 def test_dump_osrelease_is_booted_kernel(lab_crash, lab_release):
-    from kdumpy.memory import open_dump
+    from kdumpy.dump import open_dump
 
     with open_dump(lab_crash.kdumpy_dump) as mem:
         assert mem.vmcoreinfo.osrelease == lab_release

@@ -32,7 +32,7 @@ from pages import assert_pages_equal
 from kdumpy.analysis import format_dmesg, read_kernel_log
 from lab.early import GENERATORS, LOADED_LINE
 from lab.warn_module import WARN_TEXT
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 from kdumpy.setup import early
 
 LOADED_OK = f"{LOADED_LINE} 0, loaded=1"

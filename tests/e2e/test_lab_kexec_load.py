@@ -20,7 +20,7 @@ import pytest
 
 from kdumpy.cli import main
 from kdumpy.formats import bitmap as bm
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 from lab.verify import compare_dump
 from lab.vmcore import RawVmcore
 

@@ -8,7 +8,7 @@ import json
 
 from pages import assert_pages_equal
 
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 
 
 def _crash_dir(lab_service_crash):

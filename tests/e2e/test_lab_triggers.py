@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from kdumpy.analysis import format_dmesg, read_kernel_log
 from lab.run import TRIGGERS
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 from kdumpy.setup.triggers import BOOT_ONLY
 
 

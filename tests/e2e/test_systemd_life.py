@@ -19,7 +19,7 @@ import subprocess
 
 import pytest
 
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 from lab.corpus import releases
 from lab.qemu import parse_size
 from lab.verify import compare_dump

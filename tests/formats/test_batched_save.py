@@ -14,7 +14,7 @@ from kdumpy.formats import bitmap as bm
 from kdumpy.formats.codecs import CODECS, Codec
 from kdumpy.formats.flattened import reassemble
 from kdumpy.formats.sink import FileSink, FlatSink
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 
 
 def _save(src: str, dest: str, **kw) -> bytes:

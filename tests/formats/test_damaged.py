@@ -235,8 +235,14 @@ def test_kdump_block_size_outside_4k_to_64k_is_refused(kdump_file, tmp_path):
 # -- flattened streams: index costs follow the records present ---------------------------------
 
 def _maxrss_kib(code: str, *args: str) -> tuple[int, str]:
-    r = subprocess.run([sys.executable, "-c", code + "\nimport resource\n"
-                        "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)", *args],
+    """Peak RSS of ``code`` run in a new interpreter. ``VmHWM`` (the high-water mark of
+    the process's own address space): ``getrusage``'s ``ru_maxrss`` also counts the RSS
+    the parent had when it forked (the child's copy of the parent's mm starts its
+    high-water mark there, and exec carries it over), so under a long pytest run it
+    measured pytest."""
+    r = subprocess.run([sys.executable, "-c", code + "\nimport re\n"
+                        "print('RSS', re.search(r'VmHWM:\\s+(\\d+)', "
+                        "open('/proc/self/status').read()).group(1))", *args],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     return int(r.stdout.split("RSS")[-1]), r.stdout

@@ -6,7 +6,7 @@ import struct
 
 from kdumpy.cli import main
 from kdumpy.formats.kdump import ARCH32_LE, KdumpFile
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 
 
 def to_elf32(src: bytes) -> bytes:

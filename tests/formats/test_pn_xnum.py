@@ -8,7 +8,7 @@ import numpy as np
 from kdumpy.formats.elf import (ELF64LE, PN_XNUM, PT_LOAD, PT_NOTE, ElfHeader,
                                 elf_core_headers_size, new_phdrs, pack_elf_core_headers)
 from kdumpy.formats.notes import build_note
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 
 
 def test_pn_xnum_core_reads_back(tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kdumpy.cli import main
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 
 pytestmark = pytest.mark.lab
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 
 from kdumpy.cli import main
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 
 
 def qemu72_layout(src: bytes) -> bytes:

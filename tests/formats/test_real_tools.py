@@ -16,7 +16,7 @@ import pytest
 from pages import BATCH, assert_pages_equal
 
 from kdumpy.cli import main
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 
 pytestmark = pytest.mark.lab
 

@@ -13,7 +13,7 @@ from kdumpy.cli import main
 from kdumpy.formats.codecs import CODECS
 from kdumpy.formats.elf import ElfCore
 from kdumpy.formats.kdump import KdumpFile
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 
 CODEC_NAMES = sorted(CODECS)
 

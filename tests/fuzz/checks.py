@@ -16,7 +16,7 @@ import numpy as np
 
 from kdumpy.capture.pipeline import lost_finder
 from kdumpy.formats.bitmap import bits_range
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 
 
 def _explained_mask(explained: Any, pfns: np.ndarray) -> np.ndarray:

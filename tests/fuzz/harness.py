@@ -21,7 +21,7 @@ PREIMPORT = ("kdumpy.cli", "kdumpy.cli.dump_commands", "kdumpy.cli.analysis_comm
              "kdumpy.analysis", "kdumpy.analysis.report", "kdumpy.analysis.kernel_log",
              "kdumpy.analysis.kallsyms", "kdumpy.capture.pipeline", "kdumpy.capture.policy",
              "kdumpy.capture.filter", "kdumpy.capture.progress", "kdumpy.capture.targets",
-             "kdumpy.memory", "kdumpy.formats.flattened", "kdumpy.capture.elf_gdb")
+             "kdumpy.dump", "kdumpy.formats.flattened", "kdumpy.capture.elf_gdb")
 for _m in PREIMPORT:
     __import__(_m)
 

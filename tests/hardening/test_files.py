@@ -19,7 +19,7 @@ from synth import make_vmcore  # noqa: E402
 
 from kdumpy.capture.targets import LocalTarget, write_file_atomic  # noqa: E402
 from kdumpy.errors import TargetExistsError  # noqa: E402
-from kdumpy.memory import open_dump  # noqa: E402
+from kdumpy.dump import open_dump  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from subproc import kdumpy  # noqa: E402
 
 from kdumpy.formats import codecs  # noqa: E402
 from kdumpy.formats.kdump import ARCH64_LE, DiskDumpHeader, KdumpFile  # noqa: E402
-from kdumpy.memory import open_dump  # noqa: E402
+from kdumpy.dump import open_dump  # noqa: E402
 
 
 #: real lab dumps (cached under ~/.cache/kdumpy/lab)

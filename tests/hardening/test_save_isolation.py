@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mutate import set_vmcoreinfo  # noqa: E402
 from subproc import kdumpy  # noqa: E402
 
-from kdumpy.memory import open_dump  # noqa: E402
+from kdumpy.dump import open_dump  # noqa: E402
 
 
 #: real lab dumps (cached under ~/.cache/kdumpy/lab)

@@ -31,7 +31,7 @@ from synth import make_vmcore
 
 from kdumpy.capture.targets import NFS_DEFAULT_OPTIONS, NFS_MOUNT_ATTEMPTS, NfsMount
 from kdumpy.errors import KdumpyError
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 from kdumpy.service import run_capture
 from kdumpy.setup.actions import RecordedActions
 from kdumpy.setup.config import parse_config

@@ -25,7 +25,7 @@ from synth import make_vmcore
 
 from kdumpy.capture.s3 import PART_SIZE, parse_s3_url, read_credentials
 from kdumpy.errors import KdumpyError
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 from kdumpy.service import run_capture
 from kdumpy.setup import state
 from kdumpy.setup.actions import RecordedActions

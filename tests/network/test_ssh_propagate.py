@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from synth import make_vmcore
 
 from kdumpy.capture.targets import SshDirectory
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 from kdumpy.service import run_capture
 from kdumpy.setup.actions import RecordedActions
 from kdumpy.setup.config import parse_config

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kdumpy.setup.cmdline import (
-    ARCH_APPEND,
+    arch_append,
     build_capture_cmdline,
     param_name,
     split_cmdline,
@@ -63,7 +63,7 @@ def test_other_arches_from_kernel_docs():
         "irqpoll nr_cpus=1 reset_devices cgroup_disable=memory udev.children-max=2 panic=10 "
         "swiotlb=noforce cma=0")
     assert build_capture_cmdline("", arch="mips64").startswith("maxcpus=1 reset_devices panic=10")
-    assert " ".join(ARCH_APPEND["x86_64"]) == X86
+    assert " ".join(arch_append("x86_64")) == X86
 
 
 def test_quoted_values_stay_whole():

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fake_system import RELEASE, _image_template
 
-from kdumpy.memory import open_dump
+from kdumpy.dump import open_dump
 from lab.cpio import read_newc
 
 pytestmark = pytest.mark.lab

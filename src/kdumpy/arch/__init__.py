@@ -1,8 +1,9 @@
 """One module per architecture: what reading a dump of that machine depends on.
 
 Each module (``x86_64`` now) gives its ``NAME`` (``uname -m``), ``EM`` (ELF ``e_machine``),
-``START_KERNEL_MAP``, ``PAGE_SIZE``, ``SYS_KEXEC_FILE_LOAD``, the ``NT_PRSTATUS`` register
-layout ``PRSTATUS``, ``max_physmem_bits(vmcoreinfo)``, ``kernel_image_to_phys(va,
+``START_KERNEL_MAP``, ``PAGE_SIZE``, ``SYS_KEXEC_FILE_LOAD``, the capture kernel's command-line
+words ``CAPTURE_APPEND``, the ``crashkernel=`` defaults ``CRASHKERNEL_TABLE`` and
+``CRASHKERNEL_LOW_DEFAULT``, the ``NT_PRSTATUS`` register layout ``PRSTATUS``, ``max_physmem_bits(vmcoreinfo)``, ``kernel_image_to_phys(va,
 phys_base)`` and ``PageTables(dump, phys_base)`` with ``translate(va)``.
 """
 
@@ -18,6 +19,12 @@ ARCHES: dict[str, ModuleType] = {x86_64.NAME: x86_64}
 #: the widest physical address of any architecture Linux supports (x86_64 5-level paging,
 #: arm64 with 52-bit PA): what a dump without a known architecture is checked against
 MAX_PHYSMEM_BITS = 52
+
+
+def known(machine: str) -> ModuleType | None:
+    """The module for ``machine`` when kdumpy has one, else None (setup code then falls
+    back to its per-architecture tables for machines it can load but not yet read)."""
+    return ARCHES.get(machine)
 
 
 def arch_for(machine: str) -> ModuleType:

@@ -17,6 +17,13 @@ Kernel facts (``arch/x86/include/asm/pgtable_types.h``, ``arch/x86/kernel/vmcore
 - ``NT_PRSTATUS`` holds ``struct elf_prstatus`` of 336 bytes with ``pr_reg`` (27 longs in
   ``user_regs_struct`` order) at 112 (:data:`kdumpy.formats.notes.PRSTATUS_LAYOUTS` [62]).
 - ``kexec_file_load`` is system call 320 (``arch/x86/entry/syscalls/syscall_64.tbl``).
+- The capture kernel boots on one CPU without the devices' old state: kdump-utils appends
+  ``KDUMP_COMMANDLINE_APPEND`` (``gen-kdump-sysconfig.sh``, x86_64) for that, and
+  :data:`CAPTURE_APPEND` is that list.
+- ``crashkernel=`` defaults: kdump-utils recommends ``2G-64G:256M,64G-:512M`` on x86_64
+  (``kdump-lib.sh``, ``kdump_get_arch_recommend_crashkernel``). When only
+  ``crashkernel=X,high`` is given, x86_64 reserves ``CRASH_LOW_SIZE_MIN`` = 256 MiB below
+  4 GiB for swiotlb and DMA (``arch/x86/kernel/setup.c``; other architectures 128 MiB).
 """
 
 from __future__ import annotations
@@ -39,6 +46,16 @@ START_KERNEL_MAP = 0xFFFFFFFF80000000
 PAGE_SIZE = 4096
 #: ``kexec_file_load`` system call number
 SYS_KEXEC_FILE_LOAD = 320
+
+#: words appended to the capture kernel's command line
+CAPTURE_APPEND = ("irqpoll", "nr_cpus=1", "reset_devices", "cgroup_disable=memory", "mce=off",
+                  "numa=off", "udev.children-max=2", "panic=10", "acpi_no_memhotplug",
+                  "transparent_hugepage=never", "nokaslr", "hest_disable", "cma=0",
+                  "pcie_ports=compat")
+#: the ``crashkernel=`` ranges recommended when the admin gives none
+CRASHKERNEL_TABLE = "2G-64G:256M,64G-:512M"
+#: what ``crashkernel=X,high`` reserves below 4 GiB unless ``crashkernel=Y,low`` says
+CRASHKERNEL_LOW_DEFAULT = 256 << 20
 PRSTATUS: PrstatusLayout = PRSTATUS_LAYOUTS[EM]
 PTE_PRESENT = 1 << 0
 PTE_PSE = 1 << 7

@@ -40,6 +40,9 @@ from kdumpy.kernel import KernelView
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
 
+    from kdumpy.capture.progress import ProgressReporter
+    from kdumpy.capture.targets import DumpTarget
+
 #: Dump level bits (makedumpfile ``-d``): :class:`~kdumpy.capture.page_classes.DumpLevel`.
 DL_EXCLUDE_ZERO = DumpLevel.ZERO
 DL_EXCLUDE_CACHE = DumpLevel.CACHE
@@ -625,7 +628,8 @@ def _true_runs(mask: np.ndarray) -> Iterator[tuple[int, int]]:
     return zip(edges[0::2].tolist(), edges[1::2].tolist())
 
 
-def save(mem: Dump, make_target, opts: SaveOptions, progress=None) -> SaveResult:
+def save(mem: Dump, make_target: Callable[[], DumpTarget], opts: SaveOptions,
+         progress: ProgressReporter | None = None) -> SaveResult:
     """Filter ``mem`` by ``opts.dump_level``, then write it to the target ``make_target()``
     creates (a :mod:`kdumpy.capture.targets` object) and finish it.
 

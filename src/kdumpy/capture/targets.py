@@ -34,16 +34,64 @@ import tempfile
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from kdumpy.errors import KdumpyError, TargetExistsError
-from kdumpy.formats.sink import FileSink, FlatSink
+from kdumpy.formats.sink import FileSink, FlatSink, Sink
 
 INCOMPLETE_SUFFIX = ".incomplete"
 
 #: a local dump starts writeback of its page data every this many bytes (see
 #: :class:`~kdumpy.formats.sink.FileSink`), so the fsync at the end has little left to wait for
 WRITEBACK_EVERY = 16 << 20
+
+
+class DumpTarget(Protocol):
+    """One dump file being written (:class:`LocalTarget`, :class:`SshTarget`,
+    :class:`~kdumpy.capture.s3.S3Target`, :class:`StdoutTarget`).
+
+    The pipeline writes the dump through ``sink``. ``commit`` makes the file whole under its
+    final name and returns that name. ``abandon`` leaves it unfinished (an ``.incomplete``
+    name, the format's incomplete mark where one can still be written) and returns where it
+    was left, or None when nothing is left.
+    """
+
+    @property
+    def sink(self) -> Sink: ...
+
+    def commit(self) -> str: ...
+
+    def abandon(self) -> str | None: ...
+
+
+class DumpDirectory(Protocol):
+    """Where the capture session puts a crash's directory (:class:`LocalDirectory`,
+    :class:`SshDirectory`, :class:`~kdumpy.capture.s3.S3Directory`). ``rel`` names are
+    relative to the configured path; ``remote`` says whether the files are on another
+    machine (a dump to it streams in the flattened format)."""
+
+    @property
+    def remote(self) -> bool: ...
+
+    def describe(self, rel: str = "") -> str: ...
+
+    def check(self) -> None: ...
+
+    def free_bytes(self) -> int | None: ...
+
+    def exists(self, rel: str) -> bool: ...
+
+    def make_dir(self, rel: str) -> None: ...
+
+    def put(self, rel: str, data: bytes) -> str: ...
+
+    def discard(self, rel: str) -> None: ...
+
+    def dump_target(self, rel: str, *, flattened: bool = ...) -> DumpTarget: ...
+
+    def list_dirs(self) -> list[str]: ...
+
+    def remove_tree(self, rel: str) -> None: ...
 
 
 def create_incomplete(final: str, *, unique: bool) -> tuple[int, str]:

@@ -32,13 +32,11 @@ Facts relied on:
 
 from __future__ import annotations
 
-#: Appended per ``uname -m``: kdump-utils' lists for x86_64 and aarch64, kernel-doc lines
-#: for the others.
+from kdumpy import arch as arches
+
+#: Appended per ``uname -m`` for machines without an :mod:`kdumpy.arch` module (whose
+#: ``CAPTURE_APPEND`` wins): kdump-utils' list for aarch64, kernel-doc lines for the others.
 ARCH_APPEND: dict[str, tuple[str, ...]] = {
-    "x86_64": ("irqpoll", "nr_cpus=1", "reset_devices", "cgroup_disable=memory", "mce=off",
-               "numa=off", "udev.children-max=2", "panic=10", "acpi_no_memhotplug",
-               "transparent_hugepage=never", "nokaslr", "hest_disable", "cma=0",
-               "pcie_ports=compat"),
     "i386": ("irqpoll", "maxcpus=1", "reset_devices", "panic=10"),
     "i686": ("irqpoll", "maxcpus=1", "reset_devices", "panic=10"),
     "aarch64": ("irqpoll", "nr_cpus=1", "reset_devices", "cgroup_disable=memory",
@@ -92,6 +90,10 @@ def param_name(word: str) -> str:
 
 
 def arch_append(arch: str) -> tuple[str, ...]:
+    """The words appended to the capture kernel's command line on ``arch``."""
+    mod = arches.known(arch)
+    if mod is not None:
+        return tuple(mod.CAPTURE_APPEND)
     return ARCH_APPEND.get(arch, DEFAULT_APPEND)
 
 

@@ -37,6 +37,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kdumpy import arch as arches
 from kdumpy.errors import KdumpyError
 from kdumpy.setup.sizes import ULLONG_MAX, char_at, format_size, human, memparse
 
@@ -54,6 +55,14 @@ class CrashkernelError(KdumpyError):
     def __init__(self, kernel_message: str) -> None:
         self.kernel_message = kernel_message
         super().__init__(kernel_message)
+
+
+def _low_default(arch: str) -> int:
+    """``crashkernel=X,high``'s reservation below 4 GiB when no ``,low`` is given:
+    the arch module's ``CRASHKERNEL_LOW_DEFAULT``, else ``DEFAULT_CRASH_KERNEL_LOW_SIZE``
+    (128 MiB, ``include/linux/crash_reserve.h``)."""
+    mod = arches.known(arch)
+    return int(mod.CRASHKERNEL_LOW_DEFAULT) if mod is not None else 128 << 20
 
 
 @dataclass(frozen=True)
@@ -90,7 +99,7 @@ class KernelRules:
         return cls(round_ram_128m=ver >= (6, 0), generic=generic, high_low=high_low,
                    cma_suffix=ver >= (6, 16) and (x86 or arch in ("aarch64", "riscv64",
                                                                   "ppc64le", "ppc64")),
-                   low_default=(256 << 20) if x86 else (128 << 20), label=label)
+                   low_default=_low_default("x86_64" if x86 else arch), label=label)
 
     @property
     def suffixes(self) -> tuple[str, ...]:

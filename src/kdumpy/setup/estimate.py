@@ -37,15 +37,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from kdumpy import arch as arches
 from kdumpy.setup.crashkernel import KernelRules, evaluate
 from kdumpy.setup.paths import SystemPaths
 from kdumpy.setup.sizes import format_size, human
 
 MiB = 1 << 20
 
-#: kdump-utils' defaults (``kdump-lib.sh`` ``kdump_get_arch_recommend_crashkernel``).
+#: kdump-utils' defaults (``kdump-lib.sh`` ``kdump_get_arch_recommend_crashkernel``) for
+#: machines without an :mod:`kdumpy.arch` module (whose ``CRASHKERNEL_TABLE`` wins).
 DEFAULT_TABLES = {
-    "x86_64": "2G-64G:256M,64G-:512M",
     "s390x": "2G-64G:256M,64G-:512M",
     "aarch64": "2G-4G:256M,4G-64G:320M,64G-:576M",
     "ppc64le": "2G-4G:384M,4G-16G:512M,16G-64G:1G,64G-128G:2G,128G-:4G",
@@ -172,6 +173,10 @@ def initramfs_unpacked_size(path: str) -> tuple[int, str]:
 
 
 def default_table(arch: str) -> str:
+    """The ``crashkernel=`` ranges recommended on ``arch`` when the admin gives none."""
+    mod = arches.known(arch)
+    if mod is not None:
+        return str(mod.CRASHKERNEL_TABLE)
     return DEFAULT_TABLES.get(arch, FALLBACK_TABLE)
 
 

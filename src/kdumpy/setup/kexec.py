@@ -31,11 +31,13 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from kdumpy import arch as arches
 from kdumpy.errors import KdumpyError
 from kdumpy.setup import state
 from kdumpy.setup.paths import SystemPaths
 
-SYS_KEXEC_FILE_LOAD = {"x86_64": 320, "aarch64": 294, "riscv64": 294, "loongarch64": 294,
+SYS_KEXEC_FILE_LOAD = {**{name: mod.SYS_KEXEC_FILE_LOAD for name, mod in arches.ARCHES.items()},
+                       "aarch64": 294, "riscv64": 294, "loongarch64": 294,
                        "ppc64le": 382, "ppc64": 382, "s390x": 381}
 KEXEC_FILE_UNLOAD = 1
 KEXEC_FILE_ON_CRASH = 2

@@ -45,7 +45,7 @@ DEFAULT_DEADLINE = 3600
 def import_check(codec: str) -> str:
     """Python that loads what a capture runs on: numpy, kdumpy's capture code, and the
     configured codec (its library is imported at the first compressed page)."""
-    return ("import numpy, kdumpy.service, kdumpy.memory, kdumpy.capture.pipeline\n"
+    return ("import numpy, kdumpy.service, kdumpy.dump, kdumpy.capture.pipeline\n"
             "from kdumpy.formats.codecs import CODECS\n"
             f"CODECS[{codec!r}].compress(bytes(4096))\n")
 
