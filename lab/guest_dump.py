@@ -1,7 +1,7 @@
 """QEMU ``dump-guest-memory`` of a running lab kernel: the ELF and kdump-zlib outputs.
 
 QEMU writes VMCOREINFO into these dumps only when it runs with ``-device vmcoreinfo`` and the
-guest has loaded its ``qemu_fw_cfg`` driver (shared/notes/lab.md); the lab initramfs loads
+guest has loaded its ``qemu_fw_cfg`` driver; the lab initramfs loads
 it. The guest boots the lab's ``/init`` with ``LAB_IDLE=1``: it loads its modules, mounts
 its shares, records the clock and announces ``KDUMPY-LAB idle``, then waits. The host asks
 QEMU's human monitor (a unix socket) for ``dump-guest-memory FILE`` (ELF) and

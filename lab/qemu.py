@@ -1,6 +1,6 @@
 """The QEMU command line for a lab guest, and the choice of accelerator.
 
-Facts relied on (QEMU 7.2, Debian 12; see shared/notes/lab.md):
+Facts relied on (QEMU 7.2, Debian 12):
 
 * ``-kernel``/``-initrd``/``-append`` boot a bzImage directly; with ``-no-reboot`` a guest
   reboot (``panic=1`` after a failed capture) ends QEMU, and ``poweroff -f`` ends it through

@@ -1,7 +1,7 @@
 """The capture kernel's save job, driven by ``/etc/kdumpy.toml`` (``kdumpy capture``).
 
 In order (kdump-utils' ``kdump.sh`` and Debian's ``kdump-config savecore`` do the same
-steps, see docs in ``/work/shared/notes/setup-anchors.md``):
+steps):
 
 1. pre hooks (``/etc/kdumpy/pre.d``); a failing hook means no dump and the failure action;
 2. open ``/proc/vmcore``; reach the target: a local directory, an NFS export mounted with
