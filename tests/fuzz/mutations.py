@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hardening"))
 
-from mutate import rewrite_vmcoreinfo_bytes  # noqa: E402
+from mutate import rewrite_vmcoreinfo_bytes, setting  # noqa: E402
 
 from kdumpy.formats.flattened import FLAT_HEADER_SIZE  # noqa: E402
 from kdumpy.formats.kdump import KdumpFile  # noqa: E402
@@ -115,15 +115,8 @@ def mutate(cls: str, seed: int, b: BaseFacts) -> Mutation:
         for _ in range(n):
             key = rng.choice(keys)
             edits[key] = None if rng.random() < 0.15 else rng.choice(VI_VALUES)
-
-        def edit(e: dict[str, str]) -> dict[str, str]:
-            for key, v in edits.items():
-                if v is None:
-                    e.pop(key, None)
-                else:
-                    e[key] = v
-            return e
-        return Mutation(cls, repr(edits), rewrite_vmcoreinfo_bytes(b.kdump, edit), "none")
+        return Mutation(cls, repr(edits), rewrite_vmcoreinfo_bytes(b.kdump, setting(edits)),
+                        "none")
     if cls == "desc":
         d = bytearray(b.kdump)
         picks = sorted({rng.randrange(b.num_dumpable) for _ in range(rng.choice((1, 1, 4)))})

@@ -72,9 +72,9 @@ def rewrite_vmcoreinfo(src: str, dst: str, edit: Callable[[dict[str, str]], dict
         f.write(rewrite_vmcoreinfo_bytes(data, edit, raw=raw, path=src))
 
 
-def set_vmcoreinfo(src: str, dst: str, **values: str | None) -> None:
-    """``rewrite_vmcoreinfo`` setting (or, with None, removing) entries; keyword names use
-    ``__`` for ``(`` ... ``)``: pass a dict with the real keys through ``**{...}``."""
+def setting(values: dict[str, str | None]) -> Callable[[dict[str, str]], dict[str, str]]:
+    """An edit for :func:`rewrite_vmcoreinfo_bytes` that sets each entry of ``values`` (or,
+    with None, removes it)."""
     def edit(e: dict[str, str]) -> dict[str, str]:
         for key, v in values.items():
             if v is None:
@@ -82,4 +82,10 @@ def set_vmcoreinfo(src: str, dst: str, **values: str | None) -> None:
             else:
                 e[key] = v
         return e
-    rewrite_vmcoreinfo(src, dst, edit)
+    return edit
+
+
+def set_vmcoreinfo(src: str, dst: str, **values: str | None) -> None:
+    """``rewrite_vmcoreinfo`` setting (or, with None, removing) entries; keyword names use
+    ``__`` for ``(`` ... ``)``: pass a dict with the real keys through ``**{...}``."""
+    rewrite_vmcoreinfo(src, dst, setting(values))
