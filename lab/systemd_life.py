@@ -35,6 +35,7 @@ import re
 import shlex
 import shutil
 import struct
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -64,6 +65,11 @@ echo "KDUMPY-LAB value raw_copy_rc $?" > /dev/console
 WARN_HOOK = "/etc/kdumpy/pre.d/05-lab-warn"
 #: The life run's disk right after its install boot; from_life scenarios start from it.
 INSTALLED = "installed.qcow2"
+#: The root-on-LVM layout: volume group, logical volume and the root= Debian's installer
+#: would write for it (Debian 12's initrd activates it through lvm2's udev rules).
+LVM_VG, LVM_LV = "kdumpyvg", "root"
+LVM_ROOT = f"/dev/mapper/{LVM_VG}-{LVM_LV}"
+LVM_DISK_SIZE = "5G"
 
 
 def warn_hook_text(release: str) -> str:
@@ -115,6 +121,10 @@ class LifeOptions:
     #: the documented path, units enabled, the raw hook in place) instead of installing again:
     #: the scenario's configuration happens in boot 2, before kdumpy.service is restarted.
     from_life: bool = False
+    #: Move the root filesystem onto LVM before boot 2 (:meth:`_Life._root_to_lvm`): the
+    #: installed system is copied into a logical volume on a new disk, which then is the
+    #: guest's only system disk, as after a Debian install with "guided - use LVM".
+    root_lvm: bool = False
 
 
 @dataclass
@@ -155,8 +165,11 @@ def elf_end(path: Path) -> int:
 
 def _key(image: GuestImage, release: str, options: LifeOptions, accel: str,
          parent: LifeRun | None = None) -> str:
+    opts = asdict(options)
+    if not opts["root_lvm"]:
+        del opts["root_lvm"]            # runs from before the field keep their keys
     recipe = {"format": LIFE_FORMAT, "guest": image.meta["key"], "release": release,
-              "options": asdict(options), "accel": accel,
+              "options": opts, "accel": accel,
               "hook": RAW_HOOK_TEXT, "dependencies": _dependencies(),
               "install_script": install_script().read_text(),
               "parent": [parent.meta["key"], parent.meta["created"]] if parent else None}
@@ -270,23 +283,26 @@ class _Life:
         self.meta: dict[str, Any] = {"release": release, "options": asdict(options),
                                      "guest": image.meta["key"], "accelerator": accel,
                                      "boots": {}}
+        self.root_append = self.image.root_append()
 
-    def machine(self, append: str, *, raw: bool = False) -> Machine:
-        disks = [Disk(self.disk, "kdumpy-root", format="qcow2")]
+    def machine(self, append: str, *, raw: bool = False,
+                extra_disks: tuple[Disk, ...] = ()) -> Machine:
+        disks = [Disk(self.disk, "kdumpy-root", format="qcow2"), *extra_disks]
         if raw:
             disks.append(Disk(self.directory / "vmcore.raw", "kdumpy-vmcore"))
         shares = (Share("wheels_deps", self.deps, True), Share("wheels_kdumpy", self.kdumpy, True),
                   Share("labout", self.directory, False))
         return Machine(kernel=self.image.vmlinuz(self.release),
                        initrd=self.image.initrd(self.release),
-                       append=f"{self.image.root_append()} {append}".strip(),
+                       append=f"{self.root_append} {append}".strip(),
                        memory_mib=self.options.memory_mib, smp=self.options.smp,
                        accel=self.accel, shares=shares, disks=tuple(disks))
 
-    def boot(self, name: str, append: str = "", raw: bool = False) -> GuestBoot:
+    def boot(self, name: str, append: str = "", raw: bool = False,
+             extra_disks: tuple[Disk, ...] = ()) -> GuestBoot:
         self.log(f"lab: [{self.release}] {name}: booting ({append or 'no extra args'})")
-        guest = GuestBoot(self.machine(append, raw=raw), self.directory / f"{name}.log",
-                          self.log, name)
+        guest = GuestBoot(self.machine(append, raw=raw, extra_disks=extra_disks),
+                          self.directory / f"{name}.log", self.log, name)
         guest.start()
         self.meta["boots"][name] = {"append": append, "wall_start": time.time()}
         return guest
@@ -306,6 +322,8 @@ class _Life:
                 self.meta["crashkernel"] = (self.options.crashkernel or
                                             self.parent.meta["crashkernel"])
                 self.meta["kdumpy_version"] = self.parent.meta["kdumpy_version"]
+            if self.options.root_lvm:
+                self._root_to_lvm()
             self._boot2()
             if self.meta["boots"]["boot2"].get("crashed"):
                 self._boot3()
@@ -361,6 +379,35 @@ class _Life:
         guest.run("systemctl daemon-reload && systemctl enable kdumpy.service", 120)
         for command in self.options.setup:
             guest.run(command, 600)
+
+    # -- root on LVM -----------------------------------------------------------------------
+
+    def _root_to_lvm(self) -> None:
+        """Copy the installed system into a logical volume on a new disk, which becomes the
+        system disk of every later boot (``root=`` :data:`LVM_ROOT`, fstab naming it too)."""
+        lvm_disk = self.directory / "lvm.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(lvm_disk),
+                        LVM_DISK_SIZE], check=True)
+        new = Disk(lvm_disk, "kdumpy-lvm", format="qcow2")
+        with self.boot("boot-lvm", extra_disks=(new,)) as guest:
+            info = self.meta["boots"]["boot-lvm"]
+            info["login_seconds"] = guest.login(timeout("boot") + 60)
+            dev = "/dev/disk/by-id/virtio-kdumpy-lvm"
+            t0 = time.monotonic()
+            info["output"] = guest.run(
+                f"pvcreate -y {dev} && vgcreate {LVM_VG} {dev} && "
+                f"lvcreate -y -l 100%FREE -n {LVM_LV} {LVM_VG} && "
+                f"mkfs.ext4 -q -L kdumpy-lvroot {LVM_ROOT} && mkdir -p /mnt/new && "
+                f"mount {LVM_ROOT} /mnt/new && cp -ax /. /mnt/new/ && "
+                f"echo '{LVM_ROOT} / ext4 errors=remount-ro 0 1' > /mnt/new/etc/fstab && "
+                # the devices file (if lvm made one) names the disk by its boot-time path
+                "rm -f /mnt/new/etc/lvm/devices/system.devices && "
+                f"umount /mnt/new && vgchange -an {LVM_VG} && sync && lsblk", 1200).lines
+            info["copy_seconds"] = round(time.monotonic() - t0, 1)
+            guest.send_detached("systemctl poweroff")
+            info["exit_seconds"] = guest.wait_exit(timeout("boot"))
+        self.disk = lvm_disk
+        self.root_append = f"root={LVM_ROOT} rw console=ttyS0"
 
     # -- boot 2: crash and capture ------------------------------------------------------------
 

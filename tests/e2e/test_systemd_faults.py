@@ -17,15 +17,24 @@ reboot); :mod:`lab.systemd_life` fails the run past it.
   there, so the WARN is logged and the capture goes on.
 * fsck: the target filesystem (the root, holding /var/crash) is past its maximum mount count,
   so ``e2fsck -p`` in the capture image runs a full check ("check forced") before mounting it.
+* root on LVM: the installed system is moved into a logical volume (``root_lvm``), so the
+  target is a device-mapper device: the image must carry dm_mod and lvm, and its ``/init``
+  must activate the volume group itself (there is no udev in it) before the UUID appears.
+* reservation too small: ``crashkernel=128M``, below what ``estimate`` asks for; the capture
+  fails, the capture kernel reboots, and the next boot's ``status`` says why.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
 
+from kdumpy.dump import open_dump
 from lab.corpus import releases
+from lab.verify import compare_dump
+from lab.vmcore import RawVmcore
 
 pytestmark = pytest.mark.lab
 
@@ -146,3 +155,44 @@ def test_systemd_fault_reservation_too_small(small_run):
     assert "reservation size" in whats, boot3["status"]["findings"]
     assert not small_run.dumps() or all(
         "incomplete" in p.name for p in small_run.dumps()), small_run.dumps()
+
+
+@pytest.fixture(scope="module", params=[RELEASE], ids=[f"systemd-{RELEASE}"])
+def lvm_run(request):
+    return _scenario("fault-lvm", root_lvm=True,
+                     crash_setup=("findmnt -no SOURCE /", "lsblk -rno NAME,TYPE",
+                                  "cat /proc/cmdline"),
+                     capture_deadline=600)
+
+
+def test_systemd_fault_root_on_lvm(lvm_run):
+    """The root (and /var/crash on it) is an LVM logical volume: the image holds dm_mod and
+    lvm, activates the volume group without udev, checks and mounts the LV, and the dump's
+    pages equal the raw /proc/vmcore."""
+    from lab.systemd_life import LVM_ROOT, LVM_VG
+
+    boot2 = lvm_run.meta["boots"]["boot2"]
+    source, blocks, cmdline = boot2["crash_setup"]
+    assert source == [LVM_ROOT], source
+    assert f"{LVM_VG}-root lvm" in blocks, blocks
+    assert f"root={LVM_ROOT}" in cmdline[0].split()
+    (plan_file,) = (lvm_run.directory / "state").glob("capture-*.json")
+    plan = json.loads(plan_file.read_text())
+    assert plan["target"]["mountpoint"] == "/"
+    assert any(s.startswith("dm:LVM-") for s in plan["target"]["stacked"]), plan["target"]
+    assert any(m.endswith("/dm-mod.ko") or "/dm-mod.ko." in m for m in plan["modules"]), \
+        plan["modules"]
+    lines = boot2["capture_lines"]
+    mounted = [line for line in lines if "kdumpy-init: target filesystem" in line]
+    assert mounted and ("/dev/dm-" in mounted[0] or "/dev/mapper/" in mounted[0]), mounted
+    events = _events(lvm_run)
+    assert events["capture_exit"]["value"] == "0", boot2["capture_events"]
+    assert events["action"]["value"] == "reboot"
+    _arrived(lvm_run)
+    (dump,) = [p for p in lvm_run.dumps() if p.name == "vmcore"]
+    with open_dump(dump) as mem:
+        assert mem.vmcoreinfo.osrelease == RELEASE
+    with RawVmcore(lvm_run.raw_vmcore) as raw:
+        result = compare_dump(dump, raw, level1=False)
+    assert result.pages_compared > 10_000
+    assert result.ok, result.describe()
