@@ -6,7 +6,7 @@ Usage (from the checkout; the global python's editable kdumpy may point elsewher
 
     PYTHONPATH=$PWD/src:$PWD python3 bench/capture_vs_kdump_tools.py \
         [--memory 1024,4096] [--tools kdumpy,kdump-tools] [--main 384M] [--search] \
-        [--ladder 96M,128M,...] [--table-only]
+        [--ladder 96M,128M,...] [--floor kdumpy=256M] [--stop-at HH:MM] [--table-only]
 
 Method
 ------
@@ -50,7 +50,10 @@ Numbers:
 * min crashkernel: bisection over the ladder (sorted), taking the main run's crashkernel as a
   known success; a trial captures when the completion line above appears (and, for
   kdump-tools, makedumpfile did not fail: its fallback ``cp`` of /proc/vmcore does not count).
-  Search trials skip the boot after the crash.
+  Search trials skip the boot after the crash. ``--floor TOOL=SIZE`` starts a tool's
+  bisection at SIZE (smaller values assumed to fail, e.g. its minimum on a smaller guest); the
+  table says so. ``--stop-at`` starts no search trial after that UTC time (the table then gives
+  the bracket reached).
 
 Single runs per configuration (no medians): the machine is shared and TCG timings are noisy.
 Results (one JSON per trial) are cached in ``<lab cache>/6.1.0-57-amd64/bench-kdump-tools/``
@@ -62,6 +65,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -71,7 +75,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from lab.corpus import releases  # noqa: E402
-from lab.guest_shell import GuestError  # noqa: E402
 from lab.kdump_tools_guest import KdumpToolsGuest, bench_dir  # noqa: E402
 from lab.qemu import choose_accelerator  # noqa: E402
 from lab.run import kdumpy_digest  # noqa: E402
@@ -140,7 +143,6 @@ def kdumpy_trial(release: str, memory: int, crashkernel: str, *, after_boot: boo
                f"{SAMPLER_HOOK} && chmod 755 {SAMPLER_HOOK} && ls -l /etc/kdumpy/pre.d"))
     image = ensure_guest(log=log)
     parent = ensure_life(release, LifeOptions(), log=log)   # cached: the installed disk
-    import shutil
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     life = _BenchLife(image, release, options, choose_accelerator("auto")[0], directory, log,
@@ -150,7 +152,7 @@ def kdumpy_trial(release: str, memory: int, crashkernel: str, *, after_boot: boo
                            "name": name}
     try:
         life.run("bench", kdumpy_digest(whole=True))
-    except (GuestError, Exception) as exc:  # noqa: BLE001 - recorded, the bench goes on
+    except Exception as exc:  # noqa: BLE001 - recorded, the bench goes on
         res["error"] = f"{type(exc).__name__}: {str(exc)[-3000:]}"
     finally:
         (directory / "disk.qcow2").unlink(missing_ok=True)
@@ -238,9 +240,13 @@ class Bench:
         return res
 
     def search(self, tool: str, memory: int, ladder: list[str], known_ok: str | None,
-               stop_at: float) -> dict[str, Any]:
-        """Smallest ladder value that captures (monotone assumed), by bisection."""
+               stop_at: float, floor: str | None = None) -> dict[str, Any]:
+        """Smallest ladder value that captures (monotone assumed), by bisection. ``floor``:
+        values below it are assumed to fail without a trial (e.g. the smallest value that
+        captured a smaller guest with the same tool)."""
         lo, hi = 0, len(ladder) - 1
+        if floor in ladder:
+            lo = ladder.index(floor)
         if known_ok in ladder:
             hi = ladder.index(known_ok)
         tried: dict[str, bool] = {}
@@ -260,7 +266,10 @@ class Bench:
                 hi = mid
             else:
                 lo = mid + 1
-        return {"min": ladder[hi], "tried": tried}
+        out: dict[str, Any] = {"min": ladder[hi], "tried": tried}
+        if floor in ladder:
+            out["assumed_fail_below"] = floor
+        return out
 
 
 def kib_mib(kb: int | None) -> str:
@@ -282,6 +291,8 @@ def table(bench: Bench, memories: list[int], main_ck: str, ladder: list[str]) ->
                 tried = ", ".join(f"{k}:{'ok' if v else 'fail'}" for k, v in
                                   sorted(s["tried"].items(), key=lambda kv: mib(kv[0])))
                 smin = (s["min"] or s.get("note", "?")) + (f" (tried {tried})" if tried else "")
+                if s.get("assumed_fail_below"):
+                    smin += f"; below {s['assumed_fail_below']} assumed to fail (not tried)"
             image = r.get("image_bytes")
             dump = r.get("dump_bytes")
             rows.append(
@@ -303,6 +314,8 @@ def main() -> int:
     ap.add_argument("--ladder", default=",".join(LADDER))
     ap.add_argument("--search", action="store_true", help="also search the smallest crashkernel")
     ap.add_argument("--stop-at", default="", help="UTC HH:MM: start no search trial after it")
+    ap.add_argument("--floor", default="", help="TOOL=SIZE,...: assume smaller values fail "
+                    "for TOOL (e.g. its minimum on a smaller guest) and search from SIZE")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     release = releases()[0]
@@ -322,8 +335,9 @@ def main() -> int:
             if args.search:
                 for tool in bench.tools:
                     main_ok = (bench.cached(tool, memory, args.main, True) or {}).get("captured")
+                    floors = dict(f.split("=") for f in args.floor.split(",") if f)
                     s = bench.search(tool, memory, ladder, args.main if main_ok else None,
-                                     stop_at)
+                                     stop_at, floors.get(tool))
                     (bench.dir / f"search-{tool}-{memory}M.json").write_text(
                         json.dumps(s, indent=2) + "\n")
     print(table(bench, memories, args.main, ladder))

@@ -4,7 +4,14 @@ The same systemd Debian 12 guest image as :mod:`.systemd_life` (:func:`.systemd_
 gets Debian's own kdump stack, kdump-tools 1:1.8.1 + makedumpfile 1:1.7.2, from ``.deb`` files
 the host fetched with ``apt-get download`` (the guest has no network) and shared over 9p::
 
-    install boot (no crashkernel=)   dpkg -i the debs; /etc/default/kdump-tools written;
+    install boot (no crashkernel=)   dpkg -i the debs (with a policy-rc.d that stops the
+                                     postinst starting kdump-tools.service and a no-op
+                                     update-initramfs shim: the lab boots the host's copies of
+                                     /boot's initrds; without both, dpkg hung >15 min once,
+                                     cause not pinned down);
+                                     /etc/default/kdump-tools written; latest_sysctls-R
+                                     recorded as the first `kdump-config load` would (else
+                                     every trial boot rebuilds the initrd);
                                      ``kdump-config symlinks $(uname -r)`` (builds the kdump
                                      initrd /var/lib/kdump/initrd.img-R with the package's kernel
                                      postinst hook); an optional drop-in on
@@ -32,7 +39,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import shutil
 import subprocess
 import time
@@ -316,6 +322,3 @@ class KdumpToolsGuest:
             res["panic_to_login_seconds"] = round(res["panic_to_exit_seconds"] +
                                                   res["after_login_seconds"], 1)
 
-
-def quote(text: str) -> str:
-    return shlex.quote(text)
