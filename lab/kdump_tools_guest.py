@@ -51,6 +51,7 @@ from .guest_shell import GuestBoot, GuestError
 from .qemu import Disk, Machine, Share, choose_accelerator
 from .run import timeout
 from .systemd_guest import GuestImage, ensure_guest, overlay
+from .systemd_life import LINUX_VERSION, PANIC
 
 Log = Callable[[str], None]
 
@@ -62,8 +63,6 @@ KDUMP_TOOLS_VERSION = "1:1.8.1"
 MAKEDUMPFILE_VERSION = "1:1.7.2-1"
 INSTALLED = "kt-installed.qcow2"
 
-PANIC = re.compile(r"Kernel panic - not syncing: (.*)")
-LINUX_VERSION = re.compile(r"Linux version (\S+)")
 SAVED = re.compile(r"kdump-tools: saved vmcore in (\S+)")
 SAVE_FAILED = re.compile(r"failed to save vmcore|makedumpfile failed")
 RUNNING_MAKEDUMPFILE = re.compile(r"running makedumpfile (?!--dump-dmesg)(.*)")
